@@ -1,0 +1,36 @@
+# The README's commands. Each target sets itself up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Keep a local Ray on loopback.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: run test setup ui lint clean
+
+run: $(STAMP)  ## set up, then run the pipeline (dvc repro) and say where the results are
+	$(BIN)/dvc repro
+	$(BIN)/runyard summary
+
+test: $(STAMP)  ## set up, then run the whole test suite
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+# torch first, pinned: the CPU build on this machine's disk, not a multi-GB CUDA download.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+ui: $(STAMP)  ## the MLflow UI on the embedded store: http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests
+
+clean:  ## remove generated outputs (keeps the venv)
+	rm -rf data models metrics plots mlruns/mlflow.db mlruns/artifacts .runyard dvc.lock

@@ -1,0 +1,54 @@
+"""Matplotlib figures saved as PNG (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion(cm: np.ndarray, title: str, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set(xlabel="predicted", ylabel="actual", title=title,
+           xticks=range(len(cm)), yticks=range(len(cm)))
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, out)
+
+
+def fit(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, title: str, out: Path) -> None:
+    order = np.argsort(x.ravel())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x.ravel()[order], y_true.ravel()[order], label="target", lw=2)
+    ax.plot(x.ravel()[order], y_pred.ravel()[order], label="prediction", lw=1.5, ls="--")
+    ax.set(xlabel="x", ylabel="y", title=title)
+    ax.legend()
+    _save(fig, out)
+
+
+def learning_curve(history: dict[str, list[tuple[int, float]]], title: str, out: Path) -> None:
+    """One panel per metric kind (loss, acc, ...), train and val on the same axes."""
+    kinds = sorted({k.split("/", 1)[1] for k in history if k.split("/", 1)[1] != "lr"})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for split in ("train", "val"):
+            points = history.get(f"{split}/{kind}")
+            if points:
+                ax.plot(*zip(*points, strict=True), label=split)
+        ax.set(xlabel="epoch", ylabel=kind, title=f"{title}: {kind}")
+        ax.legend()
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

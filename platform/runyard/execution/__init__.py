@@ -1,0 +1,1 @@
+"""Where training runs: a Ray session (local or cluster) and Ray Train workers."""

@@ -1,0 +1,82 @@
+"""Connect to Ray: a local instance on 127.0.0.1 by default, or a cluster address.
+
+Checks run before any work: an unreachable address or a cluster too small for
+the requested workers is one line, not a minute of waiting for resources that
+never come.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from urllib.parse import urlparse
+
+from runyard.config import RayParams
+from runyard.errors import RunyardError
+
+LOCAL = "local"
+
+
+def address_of(ray_params: RayParams) -> str:
+    return os.environ.get("RAY_ADDRESS") or ray_params.address or LOCAL
+
+
+def connect(ray_params: RayParams, where: str) -> str:
+    """Initialise Ray once per process; return the address it is connected to."""
+    import ray
+
+    address = address_of(ray_params)
+    if ray.is_initialized():
+        return address
+    # Keep a local Ray on loopback rather than the machine's public interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address == LOCAL:
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **quiet)
+        return address
+    _check_reachable(address, where)
+    try:
+        ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None
+    return address
+
+
+def _check_reachable(address: str, where: str) -> None:
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise RunyardError(
+            f"{where}: ray.address: {address!r} is not an address; "
+            "allowed: auto, HOST:PORT, ray://HOST:PORT"
+        )
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as e:
+        raise RunyardError(
+            f"{where}: ray.address: nothing answers at {host}:{port} ({e.strerror or e})"
+        ) from None
+
+
+def check_resources(ray_params: RayParams, where: str) -> None:
+    """Fail before training if the cluster can never place the requested workers."""
+    import ray
+
+    have = ray.cluster_resources()
+    n = ray_params.num_workers
+    need = {"CPU": n * ray_params.cpus_per_worker}
+    if ray_params.use_gpu:
+        need["GPU"] = n * 1.0
+    for key, amount in ray_params.resources_per_worker.items():
+        need[key] = need.get(key, 0) + n * amount
+    for key, amount in need.items():
+        if have.get(key, 0) < amount:
+            knob = {"CPU": "num_workers", "GPU": "use_gpu"}.get(key, "resources_per_worker")
+            raise RunyardError(
+                f"{where}: ray.{knob}: {n} worker(s) need {amount:g} {key} in all; "
+                f"the cluster has {have.get(key, 0):g}"
+            )

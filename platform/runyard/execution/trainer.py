@@ -1,0 +1,93 @@
+"""Driver side of a training: ship the data, start Ray Train, return the final weights."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runyard.config import Experiment, RayParams
+from runyard.data import DatasetInfo
+from runyard.data.splits import Splits
+from runyard.errors import RunyardError
+from runyard.execution.worker import MODEL_FILE, train_loop
+
+
+@dataclass
+class FitResult:
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+
+
+def fit(
+    exp: Experiment,
+    info: DatasetInfo,
+    splits: Splits,
+    ray_params: RayParams,
+    *,
+    seed: int,
+    tracking_uri: str,
+    run_id: str,
+    storage_path: Path | str,
+    flush_every_s: float = 5.0,
+) -> FitResult:
+    """Train ``exp`` on Ray Train workers; rank 0 logs epochs to MLflow run ``run_id``.
+
+    The Ray run is named after the MLflow run, so re-running with the same
+    ``run_id`` (``--resume``) continues from that run's last checkpoint.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = {
+        "experiment": exp.model_dump(mode="json"),
+        "dataset_info": {
+            "task": info.task, "input_shape": list(info.input_shape),
+            "num_outputs": info.num_outputs,
+        },
+        # Through the object store, not the config: one copy per node, not per worker.
+        "data_ref": ray.put(splits),
+        "seed": seed,
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "checkpoint_every": ray_params.checkpoint_every,
+        "cpus_per_worker": ray_params.cpus_per_worker,
+        "use_gpu": ray_params.use_gpu,
+        "flush_every_s": flush_every_s,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=ray_params.num_workers,
+            use_gpu=ray_params.use_gpu,
+            resources_per_worker={"CPU": ray_params.cpus_per_worker,
+                                  **ray_params.resources_per_worker},
+            placement_strategy=ray_params.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=f"{exp.name}-{run_id}",
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=ray_params.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RunyardError(f"{exp.name}: training ended without a final checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+    return FitResult(state, dict(result.metrics or {}))
+
+
+def discard_storage(storage_path: Path | str, exp_name: str, run_id: str) -> None:
+    """Drop a finished run's intermediate checkpoints (local storage only)."""
+    path = Path(str(storage_path)) / f"{exp_name}-{run_id}"
+    if "://" not in str(storage_path):
+        shutil.rmtree(path, ignore_errors=True)

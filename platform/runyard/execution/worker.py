@@ -1,0 +1,120 @@
+"""The training loop each Ray Train worker runs: Lightning on this worker's shard."""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import ray.train
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from runyard.config import Experiment
+from runyard.data.loaders import SplitsDataModule
+from runyard.models import build_model
+from runyard.models.systems import system_for
+from runyard.tracking.epoch_logger import MlflowEpochLogger
+
+CKPT_FILE = "state.ckpt"
+MODEL_FILE = "model.pt"
+
+
+class RayCheckpoint(pl.Callback):
+    """Every ``every`` epochs, hand a Lightning checkpoint to Ray Train's storage.
+
+    Metrics are flushed first, so a restart from this checkpoint finds them in
+    MLflow and does not log those epochs again.
+    """
+
+    def __init__(self, every: int, epoch_logger: MlflowEpochLogger):
+        self.every, self.epoch_logger = every, epoch_logger
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if (trainer.current_epoch + 1) % self.every:
+            return
+        self.epoch_logger.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save_checkpoint(Path(tmp) / CKPT_FILE)
+            ckpt = ray.train.Checkpoint.from_directory(tmp) if trainer.global_rank == 0 else None
+            ray.train.report({"epoch": trainer.current_epoch}, checkpoint=ckpt)
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train entry point; ``cfg`` is built by ``execution.trainer.fit``."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray sets OMP_NUM_THREADS=1 for its workers; give torch the CPUs this worker holds.
+    torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+
+    exp = Experiment.model_validate(cfg["experiment"])
+    info = cfg["dataset_info"]
+    system = system_for(info["task"])(
+        build_model(exp.model, info["input_shape"], info["num_outputs"]),
+        exp.recipe.model_dump(),
+    )
+    splits = ray.get(cfg["data_ref"])
+    data = SplitsDataModule(
+        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world
+    )
+
+    epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"])
+    callbacks: list[pl.Callback] = [epoch_logger]
+    if cfg["checkpoint_every"]:
+        callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
+    if exp.recipe.early_stopping:
+        es = exp.recipe.early_stopping
+        callbacks.append(
+            EarlyStopping(
+                exp.optimized_metric, min_delta=es.min_delta, patience=es.patience,
+                mode=exp.optimized_mode,
+            )
+        )
+    trainer = pl.Trainer(
+        **_distribution(world, cfg["use_gpu"]),
+        max_epochs=exp.recipe.epochs or -1,
+        max_steps=exp.recipe.steps or -1,
+        gradient_clip_val=exp.recipe.gradient_clip,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    if world > 1:
+        from ray.train.lightning import prepare_trainer
+
+        trainer = prepare_trainer(trainer)
+    resume_from = ray.train.get_checkpoint()
+    with resume_from.as_directory() if resume_from else nullcontext() as ckpt_dir:
+        ckpt_path = str(Path(ckpt_dir) / CKPT_FILE) if ckpt_dir else None
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+
+    # The final weights go to Ray's storage once, from rank 0; the driver reads them.
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    final["epochs"] = trainer.current_epoch
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(system.net.state_dict(), Path(tmp) / MODEL_FILE)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
+
+
+def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
+    accelerator = "gpu" if use_gpu else "cpu"
+    if world == 1:
+        # One worker needs no process group: skip DDP's wrapper and all-reduce.
+        return {"accelerator": accelerator, "devices": 1}
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
+
+    return {
+        "accelerator": accelerator,
+        "devices": "auto",
+        "strategy": RayDDPStrategy(),
+        "plugins": [RayLightningEnvironment()],
+    }

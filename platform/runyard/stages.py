@@ -1,0 +1,266 @@
+"""One function per pipeline stage: prepare, train, evaluate, register.
+
+Each validates everything it reads before it starts work, writes its outputs
+atomically, and leaves the MLflow run it touches in a final state.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from runyard.config import Experiment, Project
+from runyard.data import builder, dataset_info
+from runyard.data import splits as split_store
+from runyard.errors import RunyardError
+from runyard.progress import epoch_progress, interactive, status
+
+
+def prepare(project: Project, dataset: str) -> Path:
+    """Build data/<dataset>/ from the builder and its params.yaml arguments."""
+    args = project.dataset_args(dataset)
+    info = dataset_info(dataset)
+    with status(f"preparing {dataset}"):
+        built = builder(dataset).build(args, project.params.seed)
+    out = project.data_dir(dataset)
+    meta = {"dataset": dataset, **asdict(info), "args": args.model_dump()}
+    split_store.save(built, out, meta)
+    return out
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _tracking(project: Project):
+    """Resolve and check the tracking URI; return (uri, client)."""
+    from runyard.tracking.runs import use_tracking
+    from runyard.tracking.uri import check_reachable, resolve
+
+    uri = resolve(project.params.tracking_uri, project.root)
+    check_reachable(uri, where=f"{project.rel(project.params_file)}: mlflow.tracking_uri")
+    return uri, use_tracking(uri)
+
+
+def _load_inputs(project: Project, name: str):
+    exp = project.experiment(name)
+    data_dir = project.data_dir(exp.dataset)
+    return exp, dataset_info(exp.dataset), split_store.load(data_dir, project.rel(data_dir))
+
+
+def train(project: Project, name: str, resume: bool = False) -> str:
+    """Train one experiment on Ray; return the MLflow run id."""
+    from runyard.execution import ray_session
+    from runyard.execution.trainer import discard_storage, fit
+    from runyard.models import build_model
+    from runyard.models import saved as saved_model
+    from runyard.tracking.lineage import lineage_tags
+    from runyard.tracking.runs import ensure_experiment, tracked_run
+    from runyard.tracking.uri import artifact_location
+
+    params = project.params
+    exp, info, splits = _load_inputs(project, name)
+    uri, client = _tracking(project)
+    where = project.rel(project.params_file)
+    with status("connecting to Ray"):
+        address = ray_session.connect(params.ray, where)
+    ray_session.check_resources(params.ray, where)
+
+    exp_id = ensure_experiment(
+        client, name, artifact_location(params.mlflow.artifact_root, project.root, name)
+    )
+    resume_id = _resumable_run(client, exp_id) if resume else None
+    storage = params.ray.storage_path or str(project.root / ".runyard" / "ray")
+    run_params = {
+        **exp.model_dump(mode="json", exclude={"name", "description"}),
+        "seed": params.seed,
+        "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
+    }
+    tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
+    with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id) as run_id:
+        with epoch_progress(client, run_id, _total_epochs(exp, splits), exp.optimized_metric):
+            result = fit(
+                exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
+                run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
+            )
+        net = build_model(exp.model, info.input_shape, info.num_outputs)
+        net.load_state_dict(result.state_dict)
+        with status("logging the model"):
+            model_uri = _log_model(project, net, splits.x_test[:5])
+            history = _history(client, run_id, info.task)
+            _log_learning_curve(name, history)
+        record = {
+            "experiment": name, "run_id": run_id, "model_uri": model_uri,
+            "model": exp.model, "input_shape": list(info.input_shape),
+            "num_outputs": info.num_outputs, "task": info.task,
+            "tracking_uri": params.tracking_uri,
+        }
+        saved_model.save(
+            project.model_dir(name), result.state_dict, record,
+            extra_files={"history.csv": _history_csv(history)},
+        )
+    discard_storage(storage, name, run_id)
+    return run_id
+
+
+def _total_epochs(exp: Experiment, splits) -> int:
+    if exp.recipe.epochs:
+        return exp.recipe.epochs
+    return math.ceil(exp.recipe.steps / math.ceil(len(splits.y_train) / exp.recipe.batch_size))
+
+
+def _resumable_run(client, exp_id: str) -> str:
+    """The latest run of this experiment that did not finish."""
+    runs = client.search_runs(
+        [exp_id], "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise RunyardError("--resume: no interrupted run to resume for this experiment")
+    return runs[0].info.run_id
+
+
+def _log_model(project: Project, net, example: np.ndarray) -> str:
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        out = net(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        net,
+        name="model",
+        signature=infer_signature(example, out),
+        input_example=example,
+        # The package travels with the model, so loading it needs no runyard install.
+        code_paths=[str(Path(__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )
+    return info.model_uri
+
+
+def _history(client, run_id: str, task: str) -> dict[str, list[tuple[int, float]]]:
+    from runyard.models import metrics_for
+
+    keys = [*metrics_for(task), "train/lr"]
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
+    }
+
+
+def _history_csv(history: dict[str, list[tuple[int, float]]]) -> str:
+    epochs = sorted({step for points in history.values() for step, _ in points})
+    table = {k: dict(points) for k, points in history.items()}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *history])
+    for e in epochs:
+        writer.writerow([e, *(table[k].get(e, "") for k in history)])
+    return buf.getvalue()
+
+
+def _log_learning_curve(name: str, history) -> None:
+    import mlflow
+
+    from runyard.evaluation import plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "learning_curve.png"
+        plots.learning_curve(history, name, png)
+        mlflow.log_artifact(str(png), "plots")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(project: Project, name: str) -> dict[str, float]:
+    """Test-split metrics -> metrics/<exp>.json, plots -> plots/<exp>/, both into MLflow."""
+    import torch
+
+    from runyard.evaluation import metrics as test_metrics
+    from runyard.evaluation import plots
+    from runyard.models import saved as saved_model
+
+    exp, info, splits = _load_inputs(project, name)
+    model_dir = project.model_dir(name)
+    net, record = saved_model.load(model_dir, project.rel(model_dir))
+    _, client = _tracking(project)
+
+    with torch.no_grad():
+        out = net(torch.from_numpy(splits.x_test)).numpy()
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=project.root))
+    try:
+        if info.task == "classification":
+            pred = out.argmax(1)
+            values, cm = test_metrics.classification(splits.y_test, pred, info.num_classes)
+            plots.confusion(cm, f"{name}: test confusion", staging / "confusion.png")
+            _write_csv(staging / "confusion.csv", ["actual", "predicted"],
+                       zip(splits.y_test.tolist(), pred.tolist(), strict=True))
+        else:
+            values = test_metrics.regression(splits.y_test, out)
+            plots.fit(splits.x_test, splits.y_test, out, f"{name}: fit", staging / "fit.png")
+            _write_csv(staging / "fit.csv", ["x", "target", "prediction"],
+                       zip(splits.x_test.ravel().tolist(), splits.y_test.ravel().tolist(),
+                           out.ravel().tolist(), strict=True))
+        plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
+
+        run_id = record["run_id"]
+        for key, value in values.items():
+            client.log_metric(run_id, key, value)
+        client.log_artifacts(run_id, str(staging), "evaluation")
+        _publish(project, name, values, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return values
+
+
+def _publish(project: Project, name: str, values: dict, staging: Path) -> None:
+    plots_dir = project.plots_dir(name)
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    plots_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(staging, plots_dir)
+    metrics_file = project.metrics_file(name)
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _read_history(model_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    with (model_dir / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    return {k: [(int(r["epoch"]), float(r[k])) for r in rows if r[k] != ""] for k in keys}
+
+
+# --------------------------------------------------------------------------- register
+
+
+def register(project: Project, name: str):
+    """Register the trained model; move the champion alias only if it is better."""
+    from runyard.models import saved as saved_model
+    from runyard.tracking import registry
+
+    exp: Experiment = project.experiment(name)
+    model_dir = project.model_dir(name)
+    record_file = model_dir / saved_model.RECORD
+    if not record_file.is_file():
+        raise RunyardError(f"{project.rel(model_dir)}: no trained model; run `dvc repro train@{name}`")
+    record = json.loads(record_file.read_text())
+    _, client = _tracking(project)
+    return registry.register(
+        client, name, record["model_uri"], record["run_id"], exp.optimized_metric,
+        exp.optimized_mode, project.params.mlflow.champion_alias,
+    )

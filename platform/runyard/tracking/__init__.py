@@ -1,0 +1,1 @@
+"""MLflow: run lifecycle, rank-zero epoch logging, lineage tags and the model registry."""

@@ -1,0 +1,55 @@
+"""Model registry: one registered model per experiment, alias moved only on improvement."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    metric: str
+    value: float
+    champion_version: str
+    promoted: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def beats(value: float, incumbent: float, mode: str) -> bool:
+    return value > incumbent if mode == "max" else value < incumbent
+
+
+def register(
+    client: MlflowClient, name: str, model_uri: str, run_id: str, metric: str, mode: str,
+    alias: str,
+) -> Registration:
+    """Register the run's model (once per run) and move ``alias`` if it is better."""
+    value = client.get_run(run_id).data.metrics[metric]
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"runyard experiment {name}")
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    mv = versions[0] if versions else client.create_model_version(name, model_uri, run_id)
+    client.set_model_version_tag(name, mv.version, metric, str(value))
+
+    try:
+        champion = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        champion = None
+    promoted = champion is None or (
+        champion.version != mv.version
+        and beats(value, client.get_run(champion.run_id).data.metrics[metric], mode)
+    )
+    if promoted:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return Registration(
+        name, str(mv.version), metric, value,
+        str(mv.version) if promoted else str(champion.version), promoted,
+    )
