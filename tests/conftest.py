@@ -1,0 +1,79 @@
+"""Shared fixtures: every test works in a throwaway copy of the project.
+
+A test never writes into the repository: ``project_dir`` copies the project's
+definition files (params.yaml, dvc.yaml, pipelines/, .dvc/config) into a temp
+dir, makes it a git repo, and chdirs there. MLflow's embedded store therefore
+lives under that temp dir too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("params.yaml", "dvc.yaml", "pipelines", ".dvc/config", ".dvc/.gitignore",
+                 ".gitignore", "mlruns/.gitkeep")
+
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def copy_project(dest: Path) -> Path:
+    for rel in PROJECT_FILES:
+        src, dst = REPO / rel, dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    # The platform code is a DVC dependency of the stages: link it so `dvc repro` sees it.
+    (dest / "platform").symlink_to(REPO / "platform")
+    git = ["git", "-c", "user.name=runyard-tests", "-c", "user.email=tests@runyard.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "test project"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """No test sees the developer's cluster or tracking server by accident."""
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+@pytest.fixture
+def project_dir(tmp_path, monkeypatch) -> Path:
+    root = copy_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def project(project_dir):
+    from runyard.config import Project
+
+    return Project(project_dir)
+
+
+def runyard_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """Run the real `runyard` command; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "runyard", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below ``root`` (relative), ignoring git's own."""
+    return {
+        str(p.relative_to(root)) for p in root.rglob("*")
+        if p.is_file() and not {".git", "platform"} & set(p.relative_to(root).parts)
+    }
