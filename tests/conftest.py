@@ -77,3 +77,24 @@ def files_under(root: Path) -> set[str]:
         str(p.relative_to(root)) for p in root.rglob("*")
         if p.is_file() and not {".git", "platform"} & set(p.relative_to(root).parts)
     }
+
+
+@pytest.fixture(scope="session")
+def _prepared_data(tmp_path_factory) -> Path:
+    """Each dataset built once per session (with params.yaml's defaults)."""
+    from runyard.config import Project
+    from runyard.data import DATASETS
+    from runyard.stages import prepare
+
+    root = copy_project(tmp_path_factory.mktemp("prepared"))
+    project = Project(root)
+    for name in DATASETS:
+        prepare(project, name)
+    return root / "data"
+
+
+@pytest.fixture
+def prepared(project_dir, _prepared_data) -> Path:
+    """``project_dir`` with data/ already prepared."""
+    shutil.copytree(_prepared_data, project_dir / "data")
+    return project_dir

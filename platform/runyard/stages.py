@@ -39,13 +39,20 @@ def prepare(project: Project, dataset: str) -> Path:
 # --------------------------------------------------------------------------- train
 
 
-def _tracking(project: Project):
-    """Resolve and check the tracking URI; return (uri, client)."""
-    from runyard.tracking.runs import use_tracking
+def _tracking_uri(project: Project) -> str:
+    """The tracking URI, resolved against the project and checked to be usable."""
     from runyard.tracking.uri import check_reachable, resolve
 
     uri = resolve(project.params.tracking_uri, project.root)
     check_reachable(uri, where=f"{project.rel(project.params_file)}: mlflow.tracking_uri")
+    return uri
+
+
+def _tracking(project: Project):
+    """Checked tracking URI and a client for it."""
+    from runyard.tracking.runs import use_tracking
+
+    uri = _tracking_uri(project)
     return uri, use_tracking(uri)
 
 
@@ -57,22 +64,24 @@ def _load_inputs(project: Project, name: str):
 
 def train(project: Project, name: str, resume: bool = False) -> str:
     """Train one experiment on Ray; return the MLflow run id."""
+    params = project.params
+    exp, info, splits = _load_inputs(project, name)
+    uri = _tracking_uri(project)
+    # Heavy imports only once the cheap checks have passed: bad input fails in a blink.
     from runyard.execution import ray_session
     from runyard.execution.trainer import discard_storage, fit
     from runyard.models import build_model
     from runyard.models import saved as saved_model
     from runyard.tracking.lineage import lineage_tags
-    from runyard.tracking.runs import ensure_experiment, tracked_run
+    from runyard.tracking.runs import ensure_experiment, tracked_run, use_tracking
     from runyard.tracking.uri import artifact_location
 
-    params = project.params
-    exp, info, splits = _load_inputs(project, name)
-    uri, client = _tracking(project)
     where = project.rel(project.params_file)
     with status("connecting to Ray"):
         address = ray_session.connect(params.ray, where)
     ray_session.check_resources(params.ray, where)
 
+    client = use_tracking(uri)
     exp_id = ensure_experiment(
         client, name, artifact_location(params.mlflow.artifact_root, project.root, name)
     )

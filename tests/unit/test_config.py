@@ -1,0 +1,125 @@
+"""Configuration: every shipped file loads; every bad input is one precise line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from runyard.config import Project
+from runyard.errors import RunyardError
+
+
+def edit_yaml(path, change):
+    data = yaml.safe_load(path.read_text()) or {}
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_every_shipped_pipeline_loads(project):
+    names = project.experiment_names()
+    assert set(project.params.experiments) <= set(names)
+    for name in names:
+        exp = project.experiment(name)
+        assert exp.name == name
+        assert exp.optimized_metric.startswith("val/")
+
+
+def test_defaults_are_the_embedded_setup(project):
+    p = project.params
+    assert p.ray.address is None and p.ray.use_gpu is False
+    assert p.mlflow.tracking_uri == "sqlite:///mlruns/mlflow.db"
+
+
+def test_digest_is_stable_and_sensitive(project):
+    a = project.experiment("mnist1d_cnn")
+    assert a.digest() == Project(project.root).experiment("mnist1d_cnn").digest()
+    assert a.digest() != project.experiment("mnist1d_mlp").digest()
+
+
+def set_in(*keys, value):
+    def change(data):
+        d = data
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = value
+
+    return change
+
+
+def delete(*keys):
+    def change(data):
+        d = data
+        for k in keys[:-1]:
+            d = d[k]
+        del d[keys[-1]]
+
+    return change
+
+
+PARAMS_CASES = [
+    # (change, expected fragments of the one-line message)
+    (set_in("ray", "num_worker", value=2), ["params.yaml: ray.num_worker: unknown key", "num_workers"]),
+    (set_in("ray", "num_workers", value=0), ["params.yaml: ray.num_workers:", "greater than 0"]),
+    (set_in("ray", "num_workers", value="two"), ["params.yaml: ray.num_workers:", "integer"]),
+    (set_in("ray", "placement_strategy", value="SPRED"), ["ray.placement_strategy", "'SPREAD'"]),
+    (set_in("datasets", "mnist2d", value={}), ["params.yaml: datasets.mnist2d: unknown dataset", "mnist1d"]),
+    (set_in("datasets", "mnist1d", value={"num_sample": 5}), ["datasets.mnist1d: num_sample: unknown key", "num_samples"]),
+    (set_in("datasets", "mnist1d", value={"num_samples": 5}), ["datasets.mnist1d: num_samples:", "100"]),
+    (set_in("experiments", "nosuch", value="mnist1d"), ["params.yaml: experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
+    (set_in("experiments", "mnist1d_cnn", value="digits"), ["experiments.mnist1d_cnn: says dataset 'digits'", "'mnist1d'"]),
+]
+
+
+@pytest.mark.parametrize("change,expected", PARAMS_CASES)
+def test_bad_params_are_one_line_naming_key(project, change, expected):
+    edit_yaml(project.params_file, change)
+    with pytest.raises(RunyardError) as err:
+        Project(project.root).experiment("mnist1d_cnn")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for fragment in expected:
+        assert fragment in msg
+
+
+PIPELINE_CASES = [
+    (set_in("recipe", "lr", value=-0.1), ["pipelines/mnist1d_cnn.yaml: recipe.lr:", "greater than 0", "-0.1"]),
+    (set_in("recipe", "optimizer", value="adamm"), ["recipe.optimizer:", "'adam'", "'nesterov'"]),
+    (set_in("recipe", "learning_rate", value=0.1), ["recipe.learning_rate: unknown key", "lr", "batch_size"]),
+    (set_in("recipe", "epochs", value=3), ["exactly one of recipe.epochs and recipe.steps"]),
+    (set_in("recipe", "batch_size", value="big"), ["recipe.batch_size:", "integer"]),
+    (set_in("recipe", "schedule", value={"name": "cosin"}), ["recipe.schedule.name:", "'cosine'"]),
+    (set_in("model", "name", value="transformr"), ["model.name: unknown model 'transformr'", "cnn1d"]),
+    (set_in("model", "chanels", value=[8]), ["model: chanels: unknown key", "channels"]),
+    (set_in("model", "dropout", value=1.5), ["model: dropout:", "less than 1"]),
+    (set_in("dataset", value="cifar10"), ["dataset: unknown dataset 'cifar10'", "digits"]),
+    (set_in("optimized_metric", value="val/f2"), ["optimized_metric: 'val/f2'", "val/acc"]),
+    (set_in("optimized_mode", value="up"), ["optimized_mode:", "'max'"]),
+    (delete("recipe"), ["recipe: required key is missing"]),
+]
+
+
+@pytest.mark.parametrize("change,expected", PIPELINE_CASES)
+def test_bad_pipeline_is_one_line_naming_key(project, change, expected):
+    edit_yaml(project.pipeline_file("mnist1d_cnn"), change)
+    with pytest.raises(RunyardError) as err:
+        project.experiment("mnist1d_cnn")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for fragment in expected:
+        assert fragment in msg, msg
+
+
+def test_unknown_experiment_lists_the_known_ones(project):
+    with pytest.raises(RunyardError, match=r"no such experiment 'mnist1d_cmn'.*mnist1d_cnn"):
+        project.experiment("mnist1d_cmn")
+
+
+def test_invalid_yaml_names_file_and_line(project):
+    project.pipeline_file("mnist1d_cnn").write_text("recipe: [unclosed\n")
+    with pytest.raises(RunyardError, match=r"pipelines/mnist1d_cnn.yaml: not valid YAML \(line \d+\)"):
+        project.experiment("mnist1d_cnn")
+
+
+def test_not_a_project(tmp_path):
+    with pytest.raises(RunyardError, match="not inside a runyard project"):
+        Project.find(tmp_path)
