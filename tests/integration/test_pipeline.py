@@ -1,0 +1,159 @@
+"""The real `dvc repro` on a tiny configuration, in a throwaway copy of the project.
+
+Real DVC CLI, real local Ray (Ray Train workers), real MLflow sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import runyard_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = {"mnist1d_mlp": "mnist1d", "regression1d_shallow": "regression1d"}
+
+
+def env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([Path(sys.executable).parent / "dvc", *args], cwd=cwd,
+                            capture_output=True, text=True, env=env(), timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def make_tiny(root: Path) -> None:
+    def params(p):
+        p["experiments"] = TINY
+        p["datasets"] = {
+            "mnist1d": {"num_samples": 1000, "val_samples": 200},
+            "regression1d": {"train_samples": 200, "val_samples": 50, "test_samples": 100},
+        }
+
+    edit(root / "params.yaml", params)
+    edit(root / "pipelines/mnist1d_mlp.yaml",
+         lambda p: p["recipe"].update(steps=None, epochs=3) or p["recipe"].pop("steps"))
+    edit(root / "pipelines/regression1d_shallow.yaml",
+         lambda p: (p["recipe"].update(epochs=3), p["model"].update(width=64)))
+    for f in ("params.yaml", "pipelines"):
+        subprocess.run(["git", "add", f], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
+                    "commit", "-qm", "tiny"], cwd=root, check=True)
+
+
+def client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_of(c, name: str):
+    exp = c.get_experiment_by_name(name)
+    return [] if exp is None else c.search_runs([exp.experiment_id])
+
+
+def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
+    root = project_dir
+    make_tiny(root)
+    first = dvc("repro", cwd=root)
+    for name in TINY:
+        assert f"Running stage 'train@{name}'" in first.stdout
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    c = client(root)
+    for name, dataset in TINY.items():
+        (run,) = runs_of(c, name)
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps == [0, 1, 2], "one point per epoch, none duplicated"
+        assert "val/loss" in run.data.metrics
+        assert set(run.data.metrics) >= {"test/mse"} if dataset == "regression1d" else {
+            "test/acc", "test/f1", "test/precision", "test/recall", "test/specificity"}
+        tags = run.data.tags
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+        assert tags["runyard.git.commit"] == head
+        assert tags["runyard.git.dirty"] in ("true", "false")
+        data_md5 = lock[f"prepare@{dataset}"]["outs"][0]["md5"]
+        assert tags[f"runyard.data.{dataset}.md5"] == data_md5
+        assert len(tags["runyard.config.digest"]) == 16
+        assert tags["runyard.version.torch"] and tags["runyard.version.ray"]
+        assert run.data.params["recipe.epochs"] == "3"
+        champion = c.get_model_version_by_alias(name, "champion")
+        assert champion.run_id == run.info.run_id
+        assert (root / "metrics" / f"{name}.json").is_file()
+        artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "evaluation")}
+        assert "evaluation/learning_curve.png" in artifacts
+
+    again = dvc("repro", cwd=root)
+    assert "Running stage" not in again.stdout
+    assert all(len(runs_of(c, n)) == 1 for n in TINY)
+
+    edit(root / "pipelines/mnist1d_mlp.yaml", lambda p: p["recipe"].update(lr=0.005))
+    third = dvc("repro", cwd=root)
+    assert "Running stage 'train@mnist1d_mlp'" in third.stdout
+    assert "regression1d_shallow'" not in third.stdout.replace("didn't change", "")
+    assert len(runs_of(c, "mnist1d_mlp")) == 2 and len(runs_of(c, "regression1d_shallow")) == 1
+
+    shown = dvc("metrics", "show", cwd=root).stdout
+    assert "test/acc" in shown and "test/mse" in shown
+
+
+def _run_status(root: Path) -> list[str]:
+    db = root / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return [r[0] for r in con.execute("select status from runs")]
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+
+
+def test_failed_training_ends_run_failed_and_writes_nothing(prepared):
+    import numpy as np
+
+    # A real failure inside the Ray worker: the data no longer fits the model.
+    x = np.load(prepared / "data/regression1d/x_train.npy")
+    np.save(prepared / "data/regression1d/x_train.npy", np.concatenate([x, x], axis=1))
+    result = runyard_cli("train", "regression1d_shallow", cwd=prepared)
+    assert result.returncode != 0
+    assert _run_status(prepared) == ["FAILED"]
+    assert not (prepared / "models").exists()
+
+
+def test_sigterm_ends_run_killed_not_running(prepared):
+    edit(prepared / "pipelines/regression1d_shallow.yaml",
+         lambda p: p["recipe"].update(epochs=100000))
+    proc = subprocess.Popen([sys.executable, "-m", "runyard", "train", "regression1d_shallow"],
+                            cwd=prepared, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while _run_status(prepared) != ["RUNNING"]:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "run never started"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert _run_status(prepared) in (["KILLED"], ["FAILED"])
+    assert not (prepared / "models").exists()
