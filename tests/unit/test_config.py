@@ -63,10 +63,13 @@ PARAMS_CASES = [
     (set_in("ray", "num_workers", value="two"), ["params.yaml: ray.num_workers:", "integer"]),
     (set_in("ray", "placement_strategy", value="SPRED"), ["ray.placement_strategy", "'SPREAD'"]),
     (set_in("datasets", "mnist2d", value={}), ["params.yaml: datasets.mnist2d: unknown dataset", "mnist1d"]),
-    (set_in("datasets", "mnist1d", value={"num_sample": 5}), ["datasets.mnist1d: num_sample: unknown key", "num_samples"]),
+    (set_in("datasets", "mnist1d", value={"num_sample": 5}),
+     ["datasets.mnist1d: num_sample: unknown key", "num_samples"]),
     (set_in("datasets", "mnist1d", value={"num_samples": 5}), ["datasets.mnist1d: num_samples:", "100"]),
-    (set_in("experiments", "nosuch", value="mnist1d"), ["params.yaml: experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
-    (set_in("experiments", "mnist1d_cnn", value="digits"), ["experiments.mnist1d_cnn: says dataset 'digits'", "'mnist1d'"]),
+    (set_in("experiments", "nosuch", value="mnist1d"),
+     ["params.yaml: experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
+    (set_in("experiments", "mnist1d_cnn", value="digits"),
+     ["experiments.mnist1d_cnn: says dataset 'digits'", "'mnist1d'"]),
 ]
 
 

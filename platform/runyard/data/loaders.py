@@ -52,9 +52,8 @@ class SplitsDataModule(pl.LightningDataModule):
 
     def __init__(self, splits, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         super().__init__()
-        self.tensors = {
-            name: torch.from_numpy(arr) for name, arr in splits.arrays().items()
-        }
+        # Copies: arrays from Ray's object store are read-only views.
+        self.tensors = {name: torch.tensor(arr) for name, arr in splits.arrays().items()}
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._train = TensorBatches(

@@ -17,6 +17,17 @@ from runyard.errors import RunyardError
 
 LOCAL = "local"
 
+# Ray Train V2's controller polls its workers every health-check interval (2 s by
+# default): each fit pays up to one interval at its end, and each checkpoint report
+# waits about one interval. 0.1 s removes ~4 s per training. Metrics export and the
+# preemption watcher are extra actors a course-sized run does not need.
+# Set before fit(): Ray Train hands them on to its controller and workers.
+TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
 
 def address_of(ray_params: RayParams) -> str:
     return os.environ.get("RAY_ADDRESS") or ray_params.address or LOCAL
@@ -31,6 +42,8 @@ def connect(ray_params: RayParams, where: str) -> str:
         return address
     # Keep a local Ray on loopback rather than the machine's public interface.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == LOCAL:
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **quiet)

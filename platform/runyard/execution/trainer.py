@@ -13,7 +13,15 @@ from runyard.config import Experiment, RayParams
 from runyard.data import DatasetInfo
 from runyard.data.splits import Splits
 from runyard.errors import RunyardError
-from runyard.execution.worker import MODEL_FILE, train_loop
+
+MODEL_FILE = "model.pt"  # what rank 0 leaves in the final checkpoint
+
+
+def _train_loop(cfg: dict[str, Any]) -> None:
+    # Imported on the worker only: the driver never pays for importing Lightning.
+    from runyard.execution.worker import train_loop
+
+    train_loop(cfg)
 
 
 @dataclass
@@ -60,7 +68,7 @@ def fit(
         "flush_every_s": flush_every_s,
     }
     trainer = TorchTrainer(
-        train_loop,
+        _train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=ray_params.num_workers,

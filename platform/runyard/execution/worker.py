@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from runyard.config import Experiment
 from runyard.data.loaders import SplitsDataModule
+from runyard.execution.trainer import MODEL_FILE
 from runyard.models import build_model
 from runyard.models.systems import system_for
 from runyard.tracking.epoch_logger import MlflowEpochLogger
 
 CKPT_FILE = "state.ckpt"
-MODEL_FILE = "model.pt"
 
 
 class RayCheckpoint(pl.Callback):
@@ -44,6 +44,7 @@ class RayCheckpoint(pl.Callback):
 
 def train_loop(cfg: dict[str, Any]) -> None:
     """Ray Train entry point; ``cfg`` is built by ``execution.trainer.fit``."""
+    _quiet_lightning()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # Ray sets OMP_NUM_THREADS=1 for its workers; give torch the CPUs this worker holds.
@@ -118,3 +119,15 @@ def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
         "strategy": RayDDPStrategy(),
         "plugins": [RayLightningEnvironment()],
     }
+
+
+def _quiet_lightning() -> None:
+    """Lightning's banners and tips repeat once per worker; keep real warnings."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Validation runs on the whole split on every rank: numbers are equal, no sync needed.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,10 +49,8 @@ def data_hash(root: Path, dataset: str) -> str:
 def package_versions() -> dict[str, str]:
     tags = {}
     for pkg in PACKAGES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tags[f"runyard.version.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return tags
 
 

@@ -56,7 +56,7 @@ def tracked_run(
         mlflow.log_params(flatten(params))
     try:
         yield run.info.run_id
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM via the CLI's handler
         mlflow.end_run("KILLED")
         raise
     except BaseException:
