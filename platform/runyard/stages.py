@@ -77,15 +77,15 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     from runyard.tracking.uri import artifact_location
 
     where = project.rel(project.params_file)
+    client = use_tracking(uri)
+    resume_id = _resumable_run(client, name) if resume else None
     with status("connecting to Ray"):
         address = ray_session.connect(params.ray, where)
     ray_session.check_resources(params.ray, where)
 
-    client = use_tracking(uri)
     exp_id = ensure_experiment(
         client, name, artifact_location(params.mlflow.artifact_root, project.root, name)
     )
-    resume_id = _resumable_run(client, exp_id) if resume else None
     storage = params.ray.storage_path or str(project.root / ".runyard" / "ray")
     run_params = {
         **exp.model_dump(mode="json", exclude={"name", "description"}),
@@ -125,11 +125,12 @@ def _total_epochs(exp: Experiment, splits) -> int:
     return math.ceil(exp.recipe.steps / math.ceil(len(splits.y_train) / exp.recipe.batch_size))
 
 
-def _resumable_run(client, exp_id: str) -> str:
+def _resumable_run(client, name: str) -> str:
     """The latest run of this experiment that did not finish."""
-    runs = client.search_runs(
-        [exp_id], "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"],
-        max_results=1,
+    exp = client.get_experiment_by_name(name)
+    runs = exp and client.search_runs(
+        [exp.experiment_id], "attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not runs:
         raise RunyardError("--resume: no interrupted run to resume for this experiment")
