@@ -82,6 +82,28 @@ def summary():
     show(_project())
 
 
+@app.command()
+def bench(
+    workload: list[str] = typer.Option(["reference", "large"], "--workload", "-w",
+                                       help="reference (MNIST-1D CNN, 20 epochs) and/or large (50k samples)"),
+    out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
+):
+    """Time a plain PyTorch loop, plain Lightning and runyard on 1 and 2 Ray workers, side by side.
+
+    Example: runyard bench -w reference
+    """
+    from pathlib import Path
+
+    from runyard.bench import WORKLOADS
+    from runyard.bench import run as run_bench
+    from runyard.progress import console
+
+    unknown = [w for w in workload if w not in WORKLOADS]
+    if unknown:
+        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}")
+    run_bench(workload, _project().root / Path(out), console)
+
+
 def main() -> None:
     # `ray job stop`, DVC and CI send SIGTERM: turn it into an exception so open
     # MLflow runs are ended (KILLED) instead of left RUNNING.

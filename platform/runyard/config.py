@@ -243,7 +243,7 @@ class Project:
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
         from runyard.data import DATASETS, dataset_info
-        from runyard.models import check_model_spec, metrics_for
+        from runyard.models import check_model_fits, check_model_spec, metrics_for
 
         if exp.dataset not in DATASETS:
             raise RunyardError(
@@ -256,6 +256,7 @@ class Project:
                 f"but {where} says {exp.dataset!r}; make them agree"
             )
         check_model_spec(exp.model, where=f"{where}: model")
+        check_model_fits(exp.model, dataset_info(exp.dataset), exp.dataset, where=f"{where}: model")
         task = dataset_info(exp.dataset).task
         allowed = metrics_for(task)
         if exp.optimized_metric not in allowed:

@@ -145,19 +145,23 @@ def test_check_model_spec_fills_defaults_and_coerces():
     assert isinstance(kwargs["dropout"], float)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: check_model_spec accepts len(channels) != len(kernel_sizes); CNN1d raises a "
-    "plain ValueError only when built (on the Ray worker, after the MLflow run exists)",
+@pytest.mark.parametrize(
+    "spec,dataset,fragment",
+    [
+        ({"name": "cnn1d", "channels": [8, 8], "kernel_sizes": [3]}, "mnist1d", "kernel_sizes"),
+        ({"name": "cnn2d"}, "mnist1d", "does not fit mnist1d inputs of shape (40,)"),
+        ({"name": "rnn"}, "digits", "does not fit digits inputs of shape (1, 8, 8)"),
+        ({"name": "cnn1d"}, "regression1d", "does not fit regression1d inputs of shape (1,)"),
+    ],
 )
-def test_cnn1d_channels_and_kernels_length_mismatch_is_a_spec_error():
-    spec = {"name": "cnn1d", "channels": [8, 8], "kernel_sizes": [3]}
-    try:
-        check_model_spec(spec, where="p.yaml: model")
-    except RunyardError as e:
-        assert "kernel_sizes" in str(e)
-    else:
-        raise AssertionError("mismatched channels/kernel_sizes passed validation")
+def test_model_that_does_not_fit_its_dataset_is_a_config_error(spec, dataset, fragment):
+    from runyard.data import dataset_info
+    from runyard.models import check_model_fits
+
+    with pytest.raises(RunyardError) as err:
+        check_model_fits(spec, dataset_info(dataset), dataset, where="p.yaml: model")
+    assert str(err.value).startswith("p.yaml: model: ") and fragment in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_build_model_rejects_bad_spec_with_runyard_error():

@@ -229,3 +229,22 @@ def test_separate_experiments_have_separate_champions(store, make_run, name):
 )
 def test_beats(value, incumbent, mode, expected):
     assert beats(value, incumbent, mode) is expected
+
+
+def test_changed_optimized_metric_replaces_a_champion_without_it(store, make_run, name):
+    client, _, _ = store
+    old_id, old_uri = make_run(val_acc=0.9)
+    register(client, name, old_uri, old_id, "val/acc", "max", ALIAS)
+    new_id, new_uri = make_run(val_acc=0.5, val_loss=0.7)
+    reg = register(client, name, new_uri, new_id, "val/loss", "min", ALIAS)
+    assert reg.promoted and champion(client, name) == reg.version
+
+
+def test_run_without_the_metric_is_an_error_and_registers_nothing(store, make_run, name):
+    from runyard.errors import RunyardError
+
+    client, _, _ = store
+    run_id, uri = make_run(val_acc=0.9)
+    with pytest.raises(RunyardError, match="has no metric 'val/f1'"):
+        register(client, name, uri, run_id, "val/f1", "max", ALIAS)
+    assert not client.search_model_versions(f"name='{name}'")

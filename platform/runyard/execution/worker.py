@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
 
     exp = Experiment.model_validate(cfg["experiment"])
-    info = cfg["dataset_info"]
-    system = system_for(info["task"])(
-        build_model(exp.model, info["input_shape"], info["num_outputs"]),
-        exp.recipe.model_dump(),
-    )
+    system = build_system(exp, cfg["dataset_info"])
     splits = ray.get(cfg["data_ref"])
     data = SplitsDataModule(
         splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world
@@ -66,6 +63,38 @@ def train_loop(cfg: dict[str, Any]) -> None:
     callbacks: list[pl.Callback] = [epoch_logger]
     if cfg["checkpoint_every"]:
         callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
+    trainer = build_trainer(exp, callbacks, **_distribution(world, cfg["use_gpu"]))
+    if world > 1:
+        from ray.train.lightning import prepare_trainer
+
+        trainer = prepare_trainer(trainer)
+    resume_from = ray.train.get_checkpoint()
+    with resume_from.as_directory() if resume_from else nullcontext() as ckpt_dir:
+        ckpt_path = str(Path(ckpt_dir) / CKPT_FILE) if ckpt_dir else None
+        fit_start = time.time()
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+        fit_end = time.time()
+
+    # The final weights go to Ray's storage once, from rank 0; the driver reads them.
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # Wall-clock bounds of Lightning's fit, so callers can tell start-up from training.
+    final.update(epochs=trainer.current_epoch, fit_start=fit_start, fit_end=fit_end)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(system.net.state_dict(), Path(tmp) / MODEL_FILE)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
+
+
+def build_system(exp: Experiment, info: dict[str, Any]) -> pl.LightningModule:
+    net = build_model(exp.model, info["input_shape"], info["num_outputs"])
+    return system_for(info["task"])(net, exp.recipe.model_dump())
+
+
+def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
+    """The Lightning Trainer for a recipe; ``distribution`` picks devices and strategy."""
+    callbacks = list(callbacks)
     if exp.recipe.early_stopping:
         es = exp.recipe.early_stopping
         callbacks.append(
@@ -74,8 +103,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 mode=exp.optimized_mode,
             )
         )
-    trainer = pl.Trainer(
-        **_distribution(world, cfg["use_gpu"]),
+    return pl.Trainer(
+        **distribution,
         max_epochs=exp.recipe.epochs or -1,
         max_steps=exp.recipe.steps or -1,
         gradient_clip_val=exp.recipe.gradient_clip,
@@ -86,24 +115,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    if world > 1:
-        from ray.train.lightning import prepare_trainer
-
-        trainer = prepare_trainer(trainer)
-    resume_from = ray.train.get_checkpoint()
-    with resume_from.as_directory() if resume_from else nullcontext() as ckpt_dir:
-        ckpt_path = str(Path(ckpt_dir) / CKPT_FILE) if ckpt_dir else None
-        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
-
-    # The final weights go to Ray's storage once, from rank 0; the driver reads them.
-    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    final["epochs"] = trainer.current_epoch
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if rank == 0:
-            torch.save(system.net.state_dict(), Path(tmp) / MODEL_FILE)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
 
 
 def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:

@@ -59,6 +59,26 @@ def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
         raise RunyardError(format_validation_error(e, args_model, where)) from None
 
 
+def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> None:
+    """Build the model and run two dummy samples through it: a model that cannot take
+    the dataset's inputs fails here, in a blink, not on a Ray worker after a run exists."""
+    import torch
+
+    try:
+        net = build_model(spec, info.input_shape, info.num_outputs)
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(2, *info.input_shape))
+    except RunyardError:
+        raise
+    except Exception as e:  # noqa: BLE001 (any failure means the model does not fit)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunyardError(
+            f"{where}: {spec['name']} does not fit {dataset} inputs of shape {tuple(info.input_shape)}: {first}"
+        ) from None
+    if tuple(out.shape) != (2, info.num_outputs):
+        raise RunyardError(f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]}, need ({info.num_outputs},)")
+
+
 def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     kwargs = check_model_spec(spec, where="model")
     return component(spec["name"])(tuple(input_shape), num_outputs, **kwargs)

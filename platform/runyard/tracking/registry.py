@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from runyard.errors import RunyardError
+
 
 @dataclass
 class Registration:
@@ -30,7 +32,9 @@ def register(
     alias: str,
 ) -> Registration:
     """Register the run's model (once per run) and move ``alias`` if it is better."""
-    value = client.get_run(run_id).data.metrics[metric]
+    value = client.get_run(run_id).data.metrics.get(metric)
+    if value is None:
+        raise RunyardError(f"run {run_id}: has no metric {metric!r} (optimized_metric); nothing registered")
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -43,9 +47,10 @@ def register(
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         champion = None
+    incumbent = None if champion is None else client.get_run(champion.run_id).data.metrics.get(metric)
+    # A champion without this metric (optimized_metric changed) cannot be compared: replace it.
     promoted = champion is None or (
-        champion.version != mv.version
-        and beats(value, client.get_run(champion.run_id).data.metrics[metric], mode)
+        champion.version != mv.version and (incumbent is None or beats(value, incumbent, mode))
     )
     if promoted:
         client.set_registered_model_alias(name, alias, mv.version)
