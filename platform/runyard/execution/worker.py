@@ -71,6 +71,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     resume_from = ray.train.get_checkpoint()
     with resume_from.as_directory() if resume_from else nullcontext() as ckpt_dir:
         ckpt_path = str(Path(ckpt_dir) / CKPT_FILE) if ckpt_dir else None
+        if ckpt_path and rank == 0:
+            epoch = torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]
+            print(f"runyard: resuming from the checkpoint after epoch {epoch}", flush=True)
         fit_start = time.time()
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
         fit_end = time.time()
