@@ -10,6 +10,12 @@ from rich.table import Table
 from runyard.config import Project
 
 
+def _console() -> Console:
+    # Logs (DVC, CI) are not terminals: rich would fold the table at 80 columns.
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=120)
+
+
 def _results(project: Project, name: str) -> dict:
     path = project.metrics_file(name)
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -27,11 +33,11 @@ def experiments_table(project: Project, only_pipeline: bool = False) -> None:
                           if k in ("test/acc", "test/f1", "test/mse"))
         table.add_row(name, exp.dataset, exp.model_name,
                       "yes" if name in project.params.experiments else "", shown or "-")
-    Console().print(table)
+    _console().print(table)
 
 
 def summary(project: Project) -> None:
-    console = Console()
+    console = _console()
     experiments_table(project, only_pipeline=True)
     uri = project.params.tracking_uri
     console.print(
