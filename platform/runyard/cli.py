@@ -96,12 +96,12 @@ def bench(
 
     from runyard.bench import WORKLOADS
     from runyard.bench import run as run_bench
-    from runyard.progress import console
+    from runyard.progress import report_console
 
     unknown = [w for w in workload if w not in WORKLOADS]
     if unknown:
         raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}")
-    run_bench(workload, _project().root / Path(out), console)
+    run_bench(workload, _project().root / Path(out), report_console())
 
 
 def main() -> None:

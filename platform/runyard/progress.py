@@ -11,6 +11,13 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
+def report_console() -> Console:
+    """stdout console for tables; logs (DVC, CI) are not terminals, and rich would
+    fold tables at 80 columns there."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=140)
+
+
 def interactive() -> bool:
     return console.is_terminal and sys.stderr.isatty()
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from runyard.config import Project
-
-
-def _console() -> Console:
-    # Logs (DVC, CI) are not terminals: rich would fold the table at 80 columns.
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=120)
+from runyard.progress import report_console
 
 
 def _results(project: Project, name: str) -> dict:
@@ -33,11 +27,11 @@ def experiments_table(project: Project, only_pipeline: bool = False) -> None:
                           if k in ("test/acc", "test/f1", "test/mse"))
         table.add_row(name, exp.dataset, exp.model_name,
                       "yes" if name in project.params.experiments else "", shown or "-")
-    _console().print(table)
+    report_console().print(table)
 
 
 def summary(project: Project) -> None:
-    console = _console()
+    console = report_console()
     experiments_table(project, only_pipeline=True)
     uri = project.params.tracking_uri
     console.print(
