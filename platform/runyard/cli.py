@@ -104,6 +104,98 @@ def bench(
     run_bench(workload, _project().root / Path(out), report_console())
 
 
+# --------------------------------------------------------------------------- cluster and jobs
+
+cluster_app = typer.Typer(
+    help="A local multi-node Ray cluster on this machine (loopback only, token auth on).\n\n"
+    "Example: runyard cluster up --nodes 3; runyard cluster status; runyard cluster down",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+
+ADDRESS_HELP = "Ray dashboard URL, e.g. http://127.0.0.1:8265. Default: the cluster `runyard cluster up` started."
+
+
+def _state_dir():
+    return _project().root / ".runyard"
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: int = typer.Option(2, "--nodes", "-n", help="Number of nodes: one head and NODES-1 workers."),
+    cpus_per_node: int = typer.Option(1, "--cpus-per-node", help="CPUs each node offers to Ray."),
+):
+    """Start a head and NODES-1 workers (separate `ray start`s). Example: runyard cluster up --nodes 3"""
+    from runyard.execution import cluster
+
+    state = cluster.up(nodes, cpus_per_node, _state_dir())
+    typer.echo(f"cluster up: {nodes} nodes, dashboard {state['dashboard_url']}, GCS {state['gcs_address']}")
+
+
+@cluster_app.command("status")
+def cluster_status():
+    """The cluster's nodes, their state and resources."""
+    from runyard.execution import cluster
+
+    cluster.status(_state_dir())
+
+
+@cluster_app.command("down")
+def cluster_down():
+    """Stop running jobs, then exactly the processes `cluster up` started."""
+    from runyard.execution import cluster
+
+    count = cluster.down(_state_dir())
+    typer.echo(f"cluster down: stopped {count} processes")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    entrypoint: list[str] = typer.Argument(..., help="The command the job runs, after `--`."),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream the job's output until it ends."),
+):
+    """Run a command as a Ray job with this project as its working dir; exit 0 if it succeeds.
+
+    Example: runyard submit -- dvc repro   (or: runyard submit --address http://127.0.0.1:8265 -- dvc repro)
+    """
+    from runyard.execution import jobs
+
+    root = _project().root
+    raise typer.Exit(jobs.submit(jobs.resolve_address(address, root), entrypoint, root, follow=follow))
+
+
+@app.command(name="jobs")
+def list_jobs(address: str = typer.Option(None, "--address", help=ADDRESS_HELP)):
+    """Every job on the cluster with its status. Example: runyard jobs"""
+    from runyard.execution import jobs
+
+    jobs.list_jobs(jobs.resolve_address(address, _project().root))
+
+
+@app.command()
+def logs(
+    job: str = typer.Argument(..., help="Job id, as `runyard jobs` shows it"),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
+):
+    """A job's output. Example: runyard logs raysubmit_XYZ --follow"""
+    from runyard.execution import jobs
+
+    raise typer.Exit(jobs.logs(jobs.resolve_address(address, _project().root), job, follow=follow))
+
+
+@app.command()
+def stop(
+    job: str = typer.Argument(..., help="Job id, as `runyard jobs` shows it"),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+):
+    """Stop a running job (SIGTERM: a training ends its MLflow run KILLED). Example: runyard stop raysubmit_XYZ"""
+    from runyard.execution import jobs
+
+    jobs.stop(jobs.resolve_address(address, _project().root), job)
+
+
 def main() -> None:
     # `ray job stop`, DVC and CI send SIGTERM: turn it into an exception so open
     # MLflow runs are ended (KILLED) instead of left RUNNING.

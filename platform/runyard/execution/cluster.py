@@ -1,0 +1,480 @@
+"""A local multi-node Ray cluster on this machine: one head and N-1 workers on loopback.
+
+Each node is its own `ray start` (without --block), so the cluster behaves like a
+real one: separate raylets, object stores and resources, with a ``node_<i>: 1``
+custom resource to pin work to node i. Nodes talk over loopback (node i is
+127.0.0.(i+2), see ``node_ip``), every port is picked free (other Ray instances on
+this machine are left alone), and token authentication is always on: an open Jobs
+API runs anyone's code.
+
+What listens where: the dashboard (the Jobs API) and the nodes' HTTP agents listen
+on loopback only. Ray 2.60 binds its gRPC servers (GCS, raylets, object managers)
+and the Prometheus metrics endpoint on all interfaces whenever a node's address is
+not 127.0.0.1, and a worker cannot join as 127.0.0.1 (see ``node_ip``). Those gRPC
+servers refuse callers without the token; the metrics endpoint is readable.
+
+The state (addresses, temp dirs, process ids) is written to ``.runyard/cluster.json``
+in the project. Each node's `ray start` runs as the leader of a session of its own
+and gets its own ``--temp-dir`` under one private directory: ``down()`` stops
+exactly the processes in those sessions or naming that directory. It never runs
+`ray stop`, which kills every Ray process of the user on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from runyard.errors import RunyardError
+
+STATE_FILE = "cluster.json"
+HEAD_PORTS = ("port", "dashboard_port", "ray_client_server_port")
+NODE_PORTS = (
+    "node_manager_port", "object_manager_port", "dashboard_agent_listen_port",
+    "dashboard_agent_grpc_port", "runtime_env_agent_port", "metrics_export_port",
+)
+START_TIMEOUT_S = 120.0
+
+
+# --------------------------------------------------------------------------- token auth
+
+
+def auth_token() -> str | None:
+    """The Ray token, looked up where Ray looks: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    with contextlib.suppress(OSError):
+        return path.read_text().strip() or None
+    return None
+
+
+def auth_headers() -> dict[str, str]:
+    """An explicit bearer header for Ray's HTTP clients.
+
+    Ray adds one itself only if RAY_AUTH_MODE=token was set before Ray first read
+    its config in this process; passing it explicitly does not depend on that.
+    """
+    token = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@contextlib.contextmanager
+def explicit_address() -> Iterator[None]:
+    """Ray's HTTP clients let RAY_ADDRESS / RAY_API_SERVER_ADDRESS override the address
+    they are given (inside a Ray job RAY_ADDRESS is always set): hide them meanwhile."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def ray_binary() -> str:
+    """The `ray` next to this Python (the same Ray as the client), else the one on PATH."""
+    here = Path(sys.executable).parent / "ray"
+    found = str(here) if here.is_file() else shutil.which("ray")
+    if not found:
+        raise RunyardError("cluster: the `ray` command is not installed (pip install 'ray[default]')")
+    return found
+
+
+# --------------------------------------------------------------------------- state
+
+
+def state_file(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def read_state(state_dir: Path) -> dict | None:
+    path = state_file(state_dir)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunyardError(f"{path}: unreadable cluster state ({e}); delete it if no cluster is running") from None
+
+
+def _write_state(state_dir: Path, state: dict) -> None:
+    path = state_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def dashboard_url(state_dir: Path) -> str | None:
+    """The dashboard (Jobs API) URL of the cluster recorded in ``state_dir``, if any."""
+    state = read_state(state_dir)
+    return state["dashboard_url"] if state else None
+
+
+def _processes(state: dict, nodes: list[dict] | None = None) -> list:
+    """Live processes of this cluster (or of some of its nodes).
+
+    Each node's `ray start` ran as the leader of a new session, and the node's
+    daemons and workers stay in it (some rename themselves, e.g. ray::DashboardAgent,
+    so their command lines do not say whose they are). A process whose command line
+    names the cluster's private temp dir is ours too.
+    """
+    import psutil
+
+    nodes = state["nodes"] if nodes is None else nodes
+    sessions = {n["session"] for n in nodes if n.get("session")}
+    markers = [n["temp_dir"].rstrip("/") + "/" for n in nodes]
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            args = proc.info["cmdline"] or ()
+            in_session = os.getsid(proc.pid) in sessions and any("ray" in a for a in args)
+            if in_session or any(m in a or a.endswith("=" + m[:-1]) for m in markers for a in args):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def is_up(state: dict) -> bool:
+    return bool(_processes(state))
+
+
+# --------------------------------------------------------------------------- up
+
+
+def node_ip(index: int) -> str:
+    """Node i listens on 127.0.0.(i+2): loopback, one address per node.
+
+    Not 127.0.0.1: a worker can only join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1,
+    and then Ray rewrites "127.0.0.1" and "localhost" (in --address and
+    --node-ip-address alike) to the machine's outside address. Other loopback
+    addresses are left alone.
+    """
+    return f"127.0.0.{index + 2}"
+
+
+def _free_ports(n: int, host: str) -> list[int]:
+    """n distinct free ports on ``host`` (held together while choosing, so no duplicates)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_env(head: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(
+        RAY_AUTH_MODE="token",
+        # 0 keeps Ray's guesses of "this machine's address" on loopback, but also
+        # forbids `ray start --address` (joining a cluster): workers need 1. Their
+        # explicit loopback --node-ip-address (see node_ip) keeps them on loopback.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0" if head else "1",
+        RAY_USAGE_STATS_ENABLED="0",
+        # Job entrypoints inherit the node's environment: `python`, `runyard` and
+        # `dvc` must be this installation's.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    return env
+
+
+def _ensure_token(ray: str, env: dict[str, str]) -> None:
+    """`ray start` with RAY_AUTH_MODE=token refuses to start without a token: make one once."""
+    if auth_token():
+        return
+    done = subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not auth_token():
+        raise RunyardError(f"cluster up: could not create a Ray auth token: {_last_line(done.stderr)}")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def _node_args(index: int, cpus: int, object_store_mb: int, temp_dir: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        f"--node-ip-address={node_ip(index)}",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={cpus}",
+        "--num-gpus=0",
+        f"--resources={json.dumps({f'node_{index}': 1})}",
+        f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        # Random worker ports: the default range is shared by every node on the machine.
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--disable-usage-stats",
+        *(f"--{name.replace('_', '-')}={port}" for name, port in ports.items()),
+    ]
+
+
+def _start_node(ray: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        # A session of its own: the node's daemons are not in the caller's process
+        # group, so Ctrl-C in a terminal or a test runner's cleanup does not reach them.
+        return subprocess.Popen([ray, "start", *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=log.parent, start_new_session=True)
+
+
+def _wait_started(proc: subprocess.Popen, node: dict, deadline: float) -> None:
+    try:
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RunyardError(f"cluster up: node {node['index']} did not start in time (log: {node['log']})") from None
+    if code != 0:
+        reason = _last_line(Path(node["log"]).read_text(errors="replace"))
+        raise RunyardError(f"cluster up: node {node['index']} failed to start: {reason} (log: {node['log']})")
+
+
+def up(nodes: int, cpus_per_node: int = 1, state_dir: Path = Path(".runyard"), object_store_mb: int = 256,
+       timeout_s: float = START_TIMEOUT_S) -> dict:
+    """Start a head and ``nodes - 1`` workers on loopback; return the recorded state.
+
+    Returns once every node is ALIVE in the cluster (polled, with a deadline).
+    """
+    if nodes < 1:
+        raise RunyardError(f"cluster up: --nodes: must be at least 1 (got {nodes})")
+    if cpus_per_node < 1:
+        raise RunyardError(f"cluster up: --cpus-per-node: must be at least 1 (got {cpus_per_node})")
+    state_dir = Path(state_dir).resolve()
+    old = read_state(state_dir)
+    if old and is_up(old):
+        raise RunyardError(f"cluster up: a runyard cluster is already up ({old['dashboard_url']}, "
+                           f"{len(old['nodes'])} nodes); stop it first with `runyard cluster down`")
+    if old:  # left over from a cluster that died: nothing to stop
+        _discard(state_dir, old)
+
+    ray = ray_binary()
+    _ensure_token(ray, _node_env(head=True))
+    # A short path: Ray's unix sockets live below it and are limited to 107 bytes.
+    temp_root = Path(tempfile.mkdtemp(prefix="runyard-ray-"))
+    gcs_port, client_port = _free_ports(2, node_ip(0))
+    (dashboard_port,) = _free_ports(1, "127.0.0.1")
+    ports = (gcs_port, dashboard_port, client_port)
+    state = {
+        "gcs_address": f"{node_ip(0)}:{gcs_port}",
+        "dashboard_url": f"http://127.0.0.1:{dashboard_port}",
+        "temp_root": str(temp_root),
+        "cpus_per_node": cpus_per_node,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "nodes": [],
+    }
+    deadline = time.monotonic() + timeout_s
+    try:
+        for index in range(nodes):
+            node_dir = temp_root / f"n{index}"
+            node_dir.mkdir()
+            node_ports = dict(zip(NODE_PORTS, _free_ports(len(NODE_PORTS), node_ip(index)), strict=True))
+            if index == 0:
+                node_ports.update(zip(HEAD_PORTS, ports, strict=True))
+                role = ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+            else:
+                role = [f"--address={state['gcs_address']}"]
+            node = {"index": index, "head": index == 0, "ip": node_ip(index), "resource": f"node_{index}",
+                    "num_cpus": cpus_per_node,
+                    "temp_dir": str(node_dir), "log": str(node_dir / "ray-start.log"), "ports": node_ports}
+            args = role + _node_args(index, cpus_per_node, object_store_mb, node_dir, node_ports)
+            node["popen"] = _start_node(ray, args, _node_env(head=index == 0), Path(node["log"]))
+            node["session"] = node["popen"].pid
+            state["nodes"].append(node)
+            _write_state(state_dir, _serialisable(state))
+            if index == 0:  # workers need the head's GCS
+                _wait_started(node.pop("popen"), node, deadline)
+        for node in state["nodes"][1:]:
+            _wait_started(node.pop("popen"), node, deadline)
+        _wait_alive(state, nodes, deadline)
+    except BaseException:
+        for node in state["nodes"]:
+            if "popen" in node and node["popen"].poll() is None:
+                node["popen"].kill()
+        _terminate(_processes(state))
+        # Keep temp_root: its ray-start.log files say why.
+        state_file(state_dir).unlink(missing_ok=True)
+        raise
+    for node in state["nodes"]:
+        node["pids"] = sorted(p.pid for p in _processes(state, [node]))
+    _write_state(state_dir, state)
+    return state
+
+
+def _serialisable(state: dict) -> dict:
+    return {**state, "nodes": [{k: v for k, v in n.items() if k != "popen"} for n in state["nodes"]]}
+
+
+def list_nodes(dashboard: str) -> list:
+    """Every node the cluster's GCS knows, through the dashboard's state API."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    with explicit_address():
+        client = StateApiClient(address=dashboard, headers={"Content-Type": "application/json", **auth_headers()})
+    return client.list(StateResource.NODES, options=ListApiOptions(detail=True, timeout=10),
+                       raise_on_missing_output=False)
+
+
+def _wait_alive(state: dict, nodes: int, deadline: float) -> None:
+    last = "the dashboard did not answer"
+    while True:
+        try:
+            alive = [n for n in list_nodes(state["dashboard_url"]) if _field(n, "state") == "ALIVE"]
+            if len(alive) >= nodes:
+                return
+            last = f"{len(alive)} of {nodes} nodes alive"
+        except Exception as e:  # the dashboard comes up after `ray start` returns
+            last = f"{type(e).__name__}: {str(e).strip()[:200]}"
+        if time.monotonic() > deadline:
+            raise RunyardError(f"cluster up: the cluster did not come up in time ({last}; "
+                               f"logs under {state['temp_root']})")
+        time.sleep(0.25)
+
+
+def _field(node, name: str):
+    return node[name] if isinstance(node, dict) else getattr(node, name)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _require(state_dir: Path) -> dict:
+    state = read_state(state_dir)
+    if state is None:
+        raise RunyardError(f"cluster: no runyard cluster is up here (no {state_file(state_dir)}); "
+                           "start one with `runyard cluster up --nodes N`")
+    return state
+
+
+def status(state_dir: Path = Path(".runyard")) -> list[dict]:
+    """Print the cluster's nodes and resources as a table; return one dict per node."""
+    from rich.table import Table
+
+    from runyard.progress import report_console
+
+    state = _require(Path(state_dir).resolve())
+    if not is_up(state):
+        raise RunyardError("cluster: the runyard cluster recorded in "
+                           f"{state_file(state_dir)} is not running; clear it with `runyard cluster down`")
+    try:
+        found = list_nodes(state["dashboard_url"])
+    except Exception as e:
+        raise RunyardError(f"cluster: the dashboard at {state['dashboard_url']} does not answer "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                           ) from None
+    rows = []
+    for n in found:
+        res = _field(n, "resources_total") or {}
+        index = next((k.removeprefix("node_") for k in res if k.startswith("node_") and k[5:].isdigit()), "?")
+        rows.append({
+            "node": index, "role": "head" if _field(n, "is_head_node") else "worker",
+            "state": _field(n, "state"), "node_id": _field(n, "node_id"),
+            "cpus": res.get("CPU", 0), "object_store_mb": res.get("object_store_memory", 0) / 2**20,
+            "resources": {k: v for k, v in res.items() if k.startswith("node_")},
+        })
+    rows.sort(key=lambda r: (r["state"] != "ALIVE", str(r["node"]).zfill(4)))
+    table = Table(title=f"runyard cluster  {state['dashboard_url']}  (GCS {state['gcs_address']})")
+    for col in ("node", "role", "state", "node id", "CPU", "object store", "custom resources"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["node"]), r["role"], r["state"], r["node_id"][:12], f"{r['cpus']:g}",
+                      f"{r['object_store_mb']:.0f} MiB", ", ".join(f"{k}: {v:g}" for k, v in r["resources"].items()))
+    console = report_console()
+    console.print(table)
+    alive = [r for r in rows if r["state"] == "ALIVE"]
+    console.print(f"{len(alive)} of {len(state['nodes'])} nodes alive, "
+                  f"{sum(r['cpus'] for r in alive):g} CPUs. Submit work with: runyard submit -- dvc repro")
+    return rows
+
+
+# --------------------------------------------------------------------------- down
+
+
+def down(state_dir: Path = Path(".runyard"), grace_s: float = 5.0) -> int:
+    """Stop the jobs still running, then exactly this cluster's processes; return how many."""
+    state_dir = Path(state_dir).resolve()
+    state = _require(state_dir)
+    procs = _processes(state)
+    if procs:
+        _stop_running_jobs(state["dashboard_url"])
+        procs = _processes(state)
+    _terminate(procs, grace_s)
+    _discard(state_dir, state)
+    return len(procs)
+
+
+def _stop_running_jobs(dashboard: str, timeout_s: float = 15.0) -> None:
+    """`ray job stop` sends SIGTERM: a runyard training ends its MLflow run KILLED, not RUNNING."""
+    with contextlib.suppress(Exception):
+        from runyard.execution import jobs
+
+        client = jobs.client(dashboard)
+        running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal() and j.submission_id]
+        for job_id in running:
+            client.stop_job(job_id)
+        deadline = time.monotonic() + timeout_s
+        while running and time.monotonic() < deadline:
+            running = [j for j in running if not client.get_job_status(j).is_terminal()]
+            time.sleep(0.2)
+
+
+def _terminate(procs: list, grace_s: float = 5.0) -> None:
+    """SIGTERM in Ray's own order (raylets, then the rest, then the GCS), SIGKILL after a grace period."""
+    import psutil
+
+    def name(p) -> str:
+        with contextlib.suppress(psutil.Error):
+            return " ".join(p.info.get("cmdline") or p.cmdline())
+        return ""
+
+    buckets = [[p for p in procs if "raylet/raylet" in name(p)],
+               [p for p in procs if "raylet/raylet" not in name(p) and "gcs_server" not in name(p)],
+               [p for p in procs if "gcs_server" in name(p)]]
+    for bucket in buckets:
+        for p in bucket:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        left = _wait_gone(bucket, grace_s)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        _wait_gone(left, 5.0)
+
+
+def _wait_gone(procs: list, timeout_s: float) -> list:
+    """Poll until the processes are gone (a zombie counts as gone); return those still alive."""
+    import psutil
+
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in procs if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def _discard(state_dir: Path, state: dict) -> None:
+    shutil.rmtree(state["temp_root"], ignore_errors=True)
+    state_file(state_dir).unlink(missing_ok=True)
