@@ -135,3 +135,32 @@ def test_submit_to_unreachable_address_is_one_line(project_dir):
     err = one_line_error(runyard_cli("submit", "--address", "http://127.0.0.1:9", "--", "true", cwd=project_dir))
     assert "http://127.0.0.1:9" in err and "nothing answers" in err
     assert not (project_dir / "mlruns" / "mlflow.db").exists()
+
+
+def test_job_trains_two_workers_on_different_nodes_with_one_run(up):
+    """The acceptance path: a job through the Jobs API, DDP across two nodes, one MLflow run."""
+    import re
+
+    import yaml
+
+    root, state = up
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["ray"].update(num_workers=2, cpus_per_worker=1, placement_strategy="STRICT_SPREAD")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pipe = root / "pipelines" / "regression1d_shallow.yaml"
+    spec = yaml.safe_load(pipe.read_text())
+    spec["recipe"]["epochs"], spec["model"]["width"] = 20, 64
+    pipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    py = sys.executable
+    command = f"{py} -m runyard prepare regression1d && {py} -m runyard train regression1d_shallow"
+    done = runyard_cli("submit", "--", "sh", "-c", command, cwd=root, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    placed = dict(re.findall(r"ip=([\d.]+), pid=\d+\) world_rank=(\d)", done.stdout))
+    assert len(placed) == 2, f"two workers on two different nodes expected, saw {placed}"
+    with sqlite3.connect(root / "mlruns" / "mlflow.db") as con:
+        runs = con.execute(
+            "select r.status from runs r join experiments e on r.experiment_id = e.experiment_id "
+            "where e.name = 'regression1d_shallow'").fetchall()
+    assert runs == [("FINISHED",)]
