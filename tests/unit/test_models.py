@@ -55,6 +55,8 @@ COMPATIBLE = {
     "cnn1d": [MNIST1D],
     "cnn2d": [DIGITS],
     "rnn": [MNIST1D, REGRESSION],
+    "transformer": [MNIST1D, REGRESSION],
+    "tcn": [MNIST1D, REGRESSION],
 }
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]
 
@@ -104,8 +106,8 @@ def test_options_are_applied():
 @pytest.mark.parametrize(
     "spec,fragments",
     [
-        ({"name": "transformer"},
-         ["p.yaml: model.name: unknown model 'transformer'; allowed:", *MODELS]),
+        ({"name": "transformr"},
+         ["p.yaml: model.name: unknown model 'transformr'; allowed:", *MODELS]),
         ({"hidden": [3]}, ["model.name: unknown model None", "mlp"]),
         ({"name": "cnn1d", "chanels": [8]},
          ["p.yaml: model: chanels: unknown key; allowed:", "channels", "kernel_sizes", "dropout",

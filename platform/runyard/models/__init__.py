@@ -20,6 +20,8 @@ MODELS: dict[str, str] = {
     "cnn1d": "runyard.models.components.conv:CNN1d",
     "cnn2d": "runyard.models.components.conv:CNN2d",
     "rnn": "runyard.models.components.rnn:RNN",
+    "transformer": "runyard.models.components.attention:TransformerEncoder",
+    "tcn": "runyard.models.components.tcn:TCN",
 }
 
 # Arguments the dataset fills in; a pipeline may not set them.
