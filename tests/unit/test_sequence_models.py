@@ -126,13 +126,19 @@ def test_bad_options_are_one_line(spec, fragments):
 
 # --------------------------------------------------------------------------- learning
 
-LEARN_EPOCHS = 20  # 800 samples / batch 100 = 8 steps an epoch
-THRESHOLD = 0.35  # chance is 0.10; untrained models score 0.10-0.16, trained 0.5-0.8
+# 800 samples / batch 100 = 8 steps an epoch. A step of the 4-layer transformer costs
+# 4-5x one of the others, so it gets fewer: the file must stay under ~40 s on busy cores.
+LEARN_EPOCHS = {"gru": 15, "lstm": 15, "transformer": 8, "tcn": 12}
+# Chance is 0.10. Measured over seeds 0-3 with these budgets: untrained 0.05-0.15 (one
+# class everywhere often gives exactly 0.10); trained GRU 0.41-0.48, LSTM 0.39-0.42,
+# transformer 0.345-0.38, TCN 0.395-0.485. The threshold sits in the middle of the gap.
+THRESHOLD = 0.25
 
 
 @pytest.fixture
 def one_thread():
-    """Tiny models: one thread is as fast, and does not fight other processes for the cores."""
+    """Tiny models: one thread is barely slower on idle cores and far faster on busy ones
+    (two threads fighting other processes measured 2x slower overall)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -160,7 +166,7 @@ def test_model_learns_mnist1d(model, small_mnist1d, one_thread):
     # The pipeline's model and optimiser, on a budget a unit test can afford.
     recipe = {k: v for k, v in raw["recipe"].items() if k not in ("steps", "epochs", "early_stopping")}
     exp = Experiment(name=PIPELINES[model], dataset="mnist1d", model=raw["model"],
-                     recipe={**recipe, "epochs": LEARN_EPOCHS})
+                     recipe={**recipe, "epochs": LEARN_EPOCHS[model]})
     info = {"input_shape": MNIST1D.input_shape, "num_outputs": MNIST1D.num_outputs, "task": MNIST1D.task}
     pl.seed_everything(0, verbose=False)
     system = build_system(exp, info)
@@ -173,6 +179,6 @@ def test_model_learns_mnist1d(model, small_mnist1d, one_thread):
     trainer = build_trainer(exp, [], accelerator="cpu", devices=1)
     trainer.fit(system, datamodule=data)
     after = val_acc(trainer)
-    print(f"{model}: val acc untrained {before:.3f}, after {LEARN_EPOCHS} epochs {after:.3f}")
-    assert trainer.current_epoch == LEARN_EPOCHS
+    print(f"{model}: val acc untrained {before:.3f}, after {LEARN_EPOCHS[model]} epochs {after:.3f}")
+    assert trainer.current_epoch == LEARN_EPOCHS[model]
     assert before < THRESHOLD <= after, (before, after)
