@@ -98,3 +98,23 @@ def prepared(project_dir, _prepared_data) -> Path:
     """``project_dir`` with data/ already prepared."""
     shutil.copytree(_prepared_data, project_dir / "data")
     return project_dir
+
+
+def one_line_error(result) -> str:
+    """Assert the CLI failed the runyard way (exit 2, exactly one error line); return that line."""
+    assert result.returncode == 2, (result.stdout + result.stderr)[-2000:]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("runyard: error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+def assert_one_line_config_error(call, fragments) -> None:
+    """``call()`` raises one RunyardError line containing every fragment."""
+    from runyard.errors import RunyardError
+
+    with pytest.raises(RunyardError) as err:
+        call()
+    msg = str(err.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)

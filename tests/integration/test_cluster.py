@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ON_CI, copy_project, runyard_cli
+from tests.conftest import ON_CI, copy_project, one_line_error, runyard_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, (result.stdout + result.stderr)[-2000:]
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("runyard: error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,7 @@ import sqlite3
 import pytest
 import yaml
 
-from tests.conftest import files_under, runyard_cli
-
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("runyard: error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    return errors[0]
+from tests.conftest import files_under, one_line_error, runyard_cli
 
 
 def run_count(project_dir) -> int:

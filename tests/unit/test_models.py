@@ -14,6 +14,7 @@ from runyard.errors import RunyardError
 from runyard.models import MODELS, build_model, check_model_spec
 from runyard.models.optim import build_optimizer, build_schedule
 from runyard.models.systems import ClassifierSystem, RegressorSystem, system_for
+from tests.conftest import assert_one_line_config_error
 
 
 def n_params(net: nn.Module) -> int:
@@ -125,12 +126,7 @@ def test_options_are_applied():
     ],
 )
 def test_check_model_spec_errors(spec, fragments):
-    with pytest.raises(RunyardError) as err:
-        check_model_spec(spec, where="p.yaml: model")
-    msg = str(err.value)
-    assert "\n" not in msg
-    for fragment in fragments:
-        assert fragment in msg, (fragment, msg)
+    assert_one_line_config_error(lambda: check_model_spec(spec, where="p.yaml: model"), fragments)
 
 
 def test_check_model_spec_unknown_key_does_not_list_injected_args():

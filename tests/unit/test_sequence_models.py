@@ -18,6 +18,7 @@ from runyard.config import Experiment
 from runyard.data import dataset_info
 from runyard.errors import RunyardError
 from runyard.models import build_model, check_model_fits, check_model_spec
+from tests.conftest import assert_one_line_config_error
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = {
@@ -116,12 +117,7 @@ def test_transformer_heads_must_divide_d_model_is_a_config_error():
     ],
 )
 def test_bad_options_are_one_line(spec, fragments):
-    with pytest.raises(RunyardError) as err:
-        check_model_spec(spec, where="p.yaml: model")
-    msg = str(err.value)
-    assert "\n" not in msg
-    for fragment in fragments:
-        assert fragment in msg, (fragment, msg)
+    assert_one_line_config_error(lambda: check_model_spec(spec, where="p.yaml: model"), fragments)
 
 
 # --------------------------------------------------------------------------- learning
