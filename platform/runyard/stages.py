@@ -194,8 +194,8 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
     """Test-split metrics -> metrics/<exp>.json, plots -> plots/<exp>/, both into MLflow."""
     import torch
 
-    from runyard.evaluation import metrics as test_metrics
     from runyard.evaluation import plots
+    from runyard.evaluation.tasks import EVALUATORS
     from runyard.models import saved as saved_model
 
     exp, info, splits = _load_inputs(project, name)
@@ -207,18 +207,7 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
         out = net(torch.from_numpy(splits.x_test)).numpy()
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=project.root))
     try:
-        if info.task == "classification":
-            pred = out.argmax(1)
-            values, cm = test_metrics.classification(splits.y_test, pred, info.num_classes)
-            plots.confusion(cm, f"{name}: test confusion", staging / "confusion.png")
-            _write_csv(staging / "confusion.csv", ["actual", "predicted"],
-                       zip(splits.y_test.tolist(), pred.tolist(), strict=True))
-        else:
-            values = test_metrics.regression(splits.y_test, out)
-            plots.fit(splits.x_test, splits.y_test, out, f"{name}: fit", staging / "fit.png")
-            _write_csv(staging / "fit.csv", ["x", "target", "prediction"],
-                       zip(splits.x_test.ravel().tolist(), splits.y_test.ravel().tolist(),
-                           out.ravel().tolist(), strict=True))
+        values = EVALUATORS[info.task](name, info, splits, out, staging)
         plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
 
         run_id = record["run_id"]
@@ -239,13 +228,6 @@ def _publish(project: Project, name: str, values: dict, staging: Path) -> None:
     metrics_file = project.metrics_file(name)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-
-
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _read_history(model_dir: Path) -> dict[str, list[tuple[int, float]]]:
