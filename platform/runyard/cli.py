@@ -48,6 +48,26 @@ def train(
 
 
 @app.command()
+def tune(
+    experiment: str = typer.Argument(..., help="Name of a pipelines/<experiment>.yaml with a search: section"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the last interrupted search."),
+    retry_errored: bool = typer.Option(False, "--retry-errored", help="With --resume: run errored trials again."),
+):
+    """Search hyperparameters with Ray Tune (Optuna TPE, ASHA, ...); register the best model.
+
+    Example: runyard tune mnist1d_cnn_search   (then: runyard tune mnist1d_cnn_search --resume)
+    """
+    from runyard.tuning.search import tune as run
+
+    s = run(_project(), experiment, resume=resume, retry_errored=retry_errored)
+    test = ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
+    typer.echo(f"tuned {experiment}: {s['trials']} trials ({s['pruned']} pruned, {s['errored']} errored); "
+               f"best {s['metric']}={s['best_value']:.4f} with {s['best_config']}; {test}; "
+               f"registered version {s['registered']['version']}"
+               + (" as champion" if s["registered"]["promoted"] else ""))
+
+
+@app.command()
 def evaluate(experiment: str = typer.Argument(..., help="Name of a trained experiment")):
     """Test metrics -> metrics/EXPERIMENT.json, plots -> plots/EXPERIMENT/."""
     from runyard.stages import evaluate as run

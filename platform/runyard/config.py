@@ -55,10 +55,16 @@ class MlflowParams(Strict):
     champion_alias: str = "champion"
 
 
+class TuneParams(Strict):
+    study_storage: str = "sqlite:///mlruns/optuna.db"
+    """Optuna's durable study state (an RDB URL). OPTUNA_STORAGE wins."""
+
+
 class Params(Strict):
     seed: int = 0
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
+    tune: TuneParams = TuneParams()
     datasets: dict[str, dict[str, Any]] = {}
     """Per-dataset builder arguments, validated by the builder's own model."""
     experiments: dict[str, str] = {}
@@ -67,6 +73,10 @@ class Params(Strict):
     @property
     def tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow.tracking_uri
+
+    @property
+    def study_storage(self) -> str:
+        return os.environ.get("OPTUNA_STORAGE") or self.tune.study_storage
 
 
 # --------------------------------------------------------------------------- pipelines/*.yaml
@@ -113,6 +123,76 @@ class Recipe(Strict):
         return self
 
 
+class Domain(Strict):
+    """One searched value: exactly one of these keys, e.g. ``{loguniform: [1e-4, 1e-1]}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    """Inclusive bounds."""
+    choice: list[Any] | None = Field(None, min_length=1)
+    grid: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Domain:
+        set_ = [k for k in ("uniform", "loguniform", "integer", "choice", "grid") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, int, choice, grid")
+        bounds = getattr(self, set_[0])
+        if set_[0] in ("uniform", "loguniform", "integer") and not bounds[0] < bounds[1]:
+            raise ValueError(f"empty or inverted range {list(bounds)}: need low < high")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "integer", "choice", "grid") if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
+
+    def corners(self) -> list[Any]:
+        """The values worth checking before a search starts: the bounds, or every option."""
+        return list(self.values)
+
+
+class Search(Strict):
+    """A hyperparameter search over keys of this experiment (``model.*``, ``recipe.*``)."""
+
+    algorithm: Literal["grid", "random", "tpe"] = "tpe"
+    scheduler: Literal["fifo", "asha", "hyperband", "pbt"] = "asha"
+    num_samples: PositiveInt = 8
+    """Trials to run (with algorithm grid: repeats of the whole grid)."""
+    max_concurrent: PositiveInt = 2
+    time_budget_s: PositiveFloat | None = None
+    """Stop starting and running trials after this many seconds."""
+    workers_per_trial: PositiveInt = 1
+    """Above 1, each trial is itself a data-parallel Ray Train run."""
+    cpus_per_worker: PositiveFloat = 1
+    grace_period: PositiveInt = 2
+    """Epochs every trial gets before ASHA / HyperBand may stop it."""
+    reduction_factor: Annotated[float, Field(gt=1)] = 3
+    perturbation_interval: PositiveInt = 2
+    """PBT: epochs between exploit/explore steps."""
+    space: dict[str, Domain] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _algorithm_fits_space(self) -> Search:
+        kinds = {d.kind for d in self.space.values()}
+        if self.algorithm == "tpe" and "grid" in kinds:
+            raise ValueError("grid values need algorithm grid or random; tpe samples: use choice")
+        if self.algorithm == "grid" and kinds - {"grid", "choice"}:
+            raise ValueError("algorithm grid takes only grid or choice values")
+        if self.scheduler == "pbt" and self.algorithm == "tpe":
+            raise ValueError("scheduler pbt mutates trials itself: use algorithm random")
+        return self
+
+
+class CrossValidation(Strict):
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+
+
 class Experiment(Strict):
     name: str
     """Filled from the file name; not written in the YAML."""
@@ -124,6 +204,10 @@ class Experiment(Strict):
     optimized_metric: str = "val/acc"
     """The one metric training, tuning and registration all optimise."""
     optimized_mode: Literal["max", "min"] = "max"
+    search: Search | None = None
+    """Used by ``runyard tune``; ``runyard train`` trains the config as written."""
+    cv: CrossValidation | None = None
+    """k-fold cross-validation on train + val: the folds train as parallel Ray tasks."""
 
     @property
     def model_name(self) -> str:
@@ -264,6 +348,10 @@ class Project:
                 f"{where}: optimized_metric: {exp.optimized_metric!r} is not logged for a "
                 f"{task} dataset; allowed: {', '.join(allowed)}"
             )
+        if exp.search:
+            from runyard.tuning.space import check_space
+
+            check_space(exp, where)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -318,7 +406,8 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         current = next((c for c in candidates if inspect.isclass(c) and issubclass(c, BaseModel)), None)
         if current is None:
             return []
-    return [f for f in getattr(current, "model_fields", {}) if f != "name" or current is not Experiment]
+    fields = getattr(current, "model_fields", {})
+    return [fi.alias or f for f, fi in fields.items() if f != "name" or current is not Experiment]
 
 
 def kwargs_model(fn, skip: set[str]) -> type[BaseModel]:

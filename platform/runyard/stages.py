@@ -39,7 +39,7 @@ def prepare(project: Project, dataset: str) -> Path:
 # --------------------------------------------------------------------------- train
 
 
-def _tracking_uri(project: Project) -> str:
+def tracking_uri(project: Project) -> str:
     """The tracking URI, resolved against the project and checked to be usable."""
     from runyard.tracking.uri import check_reachable, resolve
 
@@ -52,11 +52,11 @@ def _tracking(project: Project):
     """Checked tracking URI and a client for it."""
     from runyard.tracking.runs import use_tracking
 
-    uri = _tracking_uri(project)
+    uri = tracking_uri(project)
     return uri, use_tracking(uri)
 
 
-def _load_inputs(project: Project, name: str):
+def load_inputs(project: Project, name: str):
     exp = project.experiment(name)
     data_dir = project.data_dir(exp.dataset)
     return exp, dataset_info(exp.dataset), split_store.load(data_dir, project.rel(data_dir))
@@ -65,8 +65,8 @@ def _load_inputs(project: Project, name: str):
 def train(project: Project, name: str, resume: bool = False) -> str:
     """Train one experiment on Ray; return the MLflow run id."""
     params = project.params
-    exp, info, splits = _load_inputs(project, name)
-    uri = _tracking_uri(project)
+    exp, info, splits = load_inputs(project, name)
+    uri = tracking_uri(project)
     # Heavy imports only once the cheap checks have passed: bad input fails in a blink.
     from runyard.execution import ray_session
     from runyard.execution.trainer import discard_storage, fit
@@ -94,7 +94,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     }
     tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
     with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id) as run_id:
-        with epoch_progress(client, run_id, _total_epochs(exp, splits), exp.optimized_metric):
+        with epoch_progress(client, run_id, total_epochs(exp, splits), exp.optimized_metric):
             result = fit(
                 exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
                 run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
@@ -102,7 +102,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)
         with status("logging the model"):
-            model_uri = _log_model(project, net, splits.x_test[:5])
+            model_uri = log_model(project, net, splits.x_test[:5])
             history = _history(client, run_id, info.task)
             _log_learning_curve(name, history)
         record = {
@@ -119,7 +119,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     return run_id
 
 
-def _total_epochs(exp: Experiment, splits) -> int:
+def total_epochs(exp: Experiment, splits) -> int:
     if exp.recipe.epochs:
         return exp.recipe.epochs
     return math.ceil(exp.recipe.steps / math.ceil(len(splits.y_train) / exp.recipe.batch_size))
@@ -137,7 +137,7 @@ def _resumable_run(client, name: str) -> str:
     return runs[0].info.run_id
 
 
-def _log_model(project: Project, net, example: np.ndarray) -> str:
+def log_model(project: Project, net, example: np.ndarray) -> str:
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -198,7 +198,7 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
     from runyard.evaluation.tasks import EVALUATORS
     from runyard.models import saved as saved_model
 
-    exp, info, splits = _load_inputs(project, name)
+    exp, info, splits = load_inputs(project, name)
     model_dir = project.model_dir(name)
     net, record = saved_model.load(model_dir, project.rel(model_dir))
     _, client = _tracking(project)

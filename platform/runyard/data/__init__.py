@@ -28,6 +28,10 @@ class DatasetInfo:
     def num_outputs(self) -> int:
         return self.num_classes or 1
 
+    def as_config(self) -> dict[str, Any]:
+        """What a Ray worker needs to build the model and system (plain JSON)."""
+        return {"task": self.task, "input_shape": list(self.input_shape), "num_outputs": self.num_outputs}
+
 
 def builder(name: str):
     from runyard.errors import RunyardError

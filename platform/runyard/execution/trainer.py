@@ -48,26 +48,45 @@ def fit(
     ``run_id`` (``--resume``) continues from that run's last checkpoint.
     """
     import ray
+
+    trainer = torch_trainer(
+        exp, info, ray.put(splits), ray_params, seed=seed, name=f"{exp.name}-{run_id}",
+        storage_path=storage_path,
+        tracking_uri=tracking_uri, run_id=run_id, flush_every_s=flush_every_s,
+        checkpoint_every=ray_params.checkpoint_every,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RunyardError(f"{exp.name}: training ended without a final checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+    return FitResult(state, dict(result.metrics or {}))
+
+
+def torch_trainer(
+    exp: Experiment, info: DatasetInfo, data_ref: Any, ray_params: RayParams, *, seed: int,
+    name: str, storage_path: Path | str, callbacks: tuple = (), **worker_cfg: Any,
+):
+    """A TorchTrainer running ``worker.train_loop`` on ``ray_params.num_workers`` workers.
+
+    ``data_ref`` is an object-store reference to the splits: one copy per node, not per
+    worker. ``worker_cfg`` says where epochs go (an MLflow run, or Ray Tune).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = {
-        "experiment": exp.model_dump(mode="json"),
-        "dataset_info": {
-            "task": info.task, "input_shape": list(info.input_shape),
-            "num_outputs": info.num_outputs,
-        },
-        # Through the object store, not the config: one copy per node, not per worker.
-        "data_ref": ray.put(splits),
+        "experiment": exp.model_dump(mode="json", by_alias=True),
+        "dataset_info": info.as_config(),
+        "data_ref": data_ref,
         "seed": seed,
-        "tracking_uri": tracking_uri,
-        "run_id": run_id,
-        "checkpoint_every": ray_params.checkpoint_every,
         "cpus_per_worker": ray_params.cpus_per_worker,
         "use_gpu": ray_params.use_gpu,
-        "flush_every_s": flush_every_s,
+        **worker_cfg,
     }
-    trainer = TorchTrainer(
+    return TorchTrainer(
         _train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
@@ -78,20 +97,13 @@ def fit(
             placement_strategy=ray_params.placement_strategy,
         ),
         run_config=RunConfig(
-            name=f"{exp.name}-{run_id}",
+            name=name,
             storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=ray_params.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RunyardError(f"{exp.name}: training ended without a final checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-    return FitResult(state, dict(result.metrics or {}))
 
 
 def discard_storage(storage_path: Path | str, exp_name: str, run_id: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,33 @@ class RayCheckpoint(pl.Callback):
             ray.train.report({"epoch": trainer.current_epoch}, checkpoint=ckpt)
 
 
+class ReportEpochs(pl.Callback):
+    """After every epoch, hand its metrics and a checkpoint to Ray (a Tune trial, or a
+    Train run inside one): the scheduler reads them and may stop the trial there, and
+    a resumed search continues the trial from its last epoch."""
+
+    def __init__(self, report, checkpoint_cls):
+        self.report, self.checkpoint_cls = report, checkpoint_cls
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        metrics["epoch"] = trainer.current_epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save_checkpoint(Path(tmp) / CKPT_FILE)
+            ckpt = self.checkpoint_cls.from_directory(tmp) if trainer.global_rank == 0 else None
+            self.report(metrics, checkpoint=ckpt)
+
+
+@contextmanager
+def resume_path(checkpoint: ray.train.Checkpoint | None) -> Iterator[str | None]:
+    """The Lightning checkpoint file inside a Ray checkpoint, or None to start afresh."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        yield str(Path(d) / CKPT_FILE)
+
+
 def train_loop(cfg: dict[str, Any]) -> None:
     """Ray Train entry point; ``cfg`` is built by ``execution.trainer.fit``."""
     _quiet_lightning()
@@ -59,24 +87,27 @@ def train_loop(cfg: dict[str, Any]) -> None:
         splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world
     )
 
-    epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"])
-    callbacks: list[pl.Callback] = [epoch_logger]
-    if cfg["checkpoint_every"]:
-        callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
+    if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow
+        callbacks: list[pl.Callback] = [ReportEpochs(ray.train.report, ray.train.Checkpoint)]
+    else:
+        epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"])
+        callbacks = [epoch_logger]
+        if cfg["checkpoint_every"]:
+            callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
     trainer = build_trainer(exp, callbacks, **_distribution(world, cfg["use_gpu"]))
     if world > 1:
         from ray.train.lightning import prepare_trainer
 
         trainer = prepare_trainer(trainer)
-    resume_from = ray.train.get_checkpoint()
-    with resume_from.as_directory() if resume_from else nullcontext() as ckpt_dir:
-        ckpt_path = str(Path(ckpt_dir) / CKPT_FILE) if ckpt_dir else None
+    with resume_path(ray.train.get_checkpoint()) as ckpt_path:
         if ckpt_path and rank == 0:
             epoch = torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]
             print(f"runyard: resuming from the checkpoint after epoch {epoch}", flush=True)
         fit_start = time.time()
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
         fit_end = time.time()
+    if cfg.get("report_epochs"):
+        return  # the last epoch's checkpoint is the trial's model
 
     # The final weights go to Ray's storage once, from rank 0; the driver reads them.
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}

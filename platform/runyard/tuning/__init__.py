@@ -1,0 +1,1 @@
+"""Hyperparameter search: Ray Tune + Optuna + schedulers, one MLflow parent run per search."""

@@ -1,0 +1,271 @@
+"""`runyard tune <exp>`: a Ray Tune search, one MLflow parent run with a child per trial.
+
+The driver owns every MLflow write (see children.py), Optuna's study lives in an
+RDB (``tune.study_storage``), and Tune's own experiment state lives under the
+Ray storage path: ``--resume`` restores all three, so finished trials never run
+again and unfinished ones continue from their last epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.tune import Callback
+
+from runyard.config import Experiment, Project, RayParams
+from runyard.errors import RunyardError
+from runyard.progress import console, interactive
+
+KIND_TAG = "runyard.kind"
+
+
+def tune(project: Project, name: str, resume: bool = False, retry_errored: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search declared in pipelines/<name>.yaml; return its summary."""
+    from runyard import stages
+
+    exp, info, splits = stages.load_inputs(project, name)
+    where = project.rel(project.pipeline_file(name))
+    if exp.search is None:
+        raise RunyardError(f"{where}: search: missing; `runyard tune` needs a search section "
+                           "(see pipelines/mnist1d_cnn_search.yaml)")
+    uri = stages.tracking_uri(project)
+    params = project.params
+    from runyard.execution import ray_session
+    from runyard.tracking.lineage import lineage_tags
+    from runyard.tracking.runs import ensure_experiment, tracked_run, use_tracking
+    from runyard.tracking.uri import artifact_location, resolve
+    from runyard.tuning.children import ChildRuns
+
+    client = use_tracking(uri)
+    parent_id = _resumable_search(client, name, where) if resume else None
+    address = ray_session.connect(params.ray, project.rel(project.params_file))
+    one_trial = RayParams(num_workers=exp.search.workers_per_trial, cpus_per_worker=exp.search.cpus_per_worker)
+    ray_session.check_resources(one_trial, f"{where}: search.workers_per_trial")
+
+    exp_id = ensure_experiment(client, name, artifact_location(params.mlflow.artifact_root, project.root, name))
+    tags = {**lineage_tags(project.root, exp.dataset, exp.digest(), address), KIND_TAG: "search"}
+    run_params = {**exp.model_dump(mode="json", by_alias=True, exclude={"name", "description"}), "seed": params.seed}
+    storage = Path(params.ray.storage_path or project.root / ".runyard" / "ray")
+    study = resolve(params.study_storage, project.root)
+    with tracked_run(exp_id, f"{name}-search", run_params, tags, resume_run_id=parent_id) as parent:
+        children = ChildRuns(uri, exp_id, parent, max_epochs(exp))
+        try:
+            grid = _run_tuner(exp, splits, params.seed, storage, f"{name}-search-{parent}", study,
+                              children, resume=parent_id is not None, retry_errored=retry_errored)
+            children.reconcile(grid)
+        finally:
+            children.close_open()
+        summary = _finish(project, client, exp, info, splits, grid, parent, children)
+    from runyard.tracking import registry
+
+    reg = registry.register(client, name, summary["model_uri"], parent, exp.optimized_metric,
+                            exp.optimized_mode, params.mlflow.champion_alias)
+    summary["registered"] = reg.as_dict()
+    _write_summary(project, name, summary)
+    return summary
+
+
+def _resumable_search(client, name: str, where: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    runs = exp and client.search_runs(
+        [exp.experiment_id], f"tags.`{KIND_TAG}` = 'search' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if not runs:
+        raise RunyardError(f"{where}: --resume: no interrupted search of this experiment to resume")
+    return runs[0].info.run_id
+
+
+def _run_tuner(exp: Experiment, splits, seed: int, storage: Path, run_name: str, study: str,
+               children, *, resume: bool, retry_errored: bool):
+    from ray import tune
+
+    from runyard.tuning.space import tune_domains
+    from runyard.tuning.trial import run_trial
+
+    search = exp.search
+    trainable = tune.with_parameters(
+        run_trial, experiment=exp.model_dump(mode="json", by_alias=True), splits=splits, seed=seed,
+        storage_path=str(storage / "trials"),
+    )
+    # A data-parallel trial's actor only waits; its Ray Train workers hold the CPUs.
+    cpus = search.cpus_per_worker if search.workers_per_trial == 1 else 0
+    trainable = tune.with_resources(trainable, {"cpu": cpus})
+    callbacks = [children, SearchProgress(search.num_samples, exp.optimized_metric, exp.optimized_mode)]
+    path = storage / run_name
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=retry_errored,
+                                   param_space=tune_domains(search))
+        # Callbacks are not part of Tune's saved state: give them back.
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_domains(search),
+            tune_config=tune.TuneConfig(
+                metric=exp.optimized_metric, mode=exp.optimized_mode,
+                search_alg=_searcher(exp, seed, study, run_name), scheduler=_scheduler(exp),
+                num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
+                time_budget_s=search.time_budget_s, reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=run_name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    return tuner.fit()
+
+
+def _searcher(exp: Experiment, seed: int, study: str, study_name: str):
+    if exp.search.algorithm != "tpe":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name,
+                        storage=optuna.storages.RDBStorage(study))
+
+
+def _scheduler(exp: Experiment):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+
+    from runyard.tuning.space import tune_domains
+
+    search, max_t = exp.search, max_epochs(exp)
+    if search.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=search.grace_period,
+                             reduction_factor=search.reduction_factor)
+    if search.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+                                  reduction_factor=search.reduction_factor)
+    if search.scheduler == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=search.perturbation_interval,
+                                       hyperparam_mutations=tune_domains(search), seed=0)
+    return FIFOScheduler()
+
+
+def max_epochs(exp: Experiment) -> int:
+    return exp.recipe.epochs  # a search's recipe gives epochs (checked with the space)
+
+
+def _finish(project, client, exp: Experiment, info, splits, grid, parent: str, children) -> dict[str, Any]:
+    """Best trial -> the parent run: its params, metric, test metrics and model."""
+    import mlflow
+
+    from runyard import stages
+    from runyard.evaluation.tasks import EVALUATORS
+    from runyard.models import build_model
+    from runyard.tuning.children import OUTCOME_TAG
+    from runyard.tuning.space import decode
+
+    metric, mode = exp.optimized_metric, exp.optimized_mode
+    outcomes = [r.data.tags.get(OUTCOME_TAG, "running") for r in children.children()]
+    counts = {o: outcomes.count(o) for o in ("completed", "pruned", "errored")}
+    try:
+        best = grid.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        best = None
+    if best is None or best.metrics.get(metric) is None:
+        raise RunyardError(f"{exp.name}: no trial reported {metric}; see the child runs' errors in MLflow")
+    config = decode(best.config, exp.search)
+    net = build_model(_best_model_spec(exp, config), info.input_shape, info.num_outputs)
+    net.load_state_dict(_best_weights(best))
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(splits.x_test)).numpy()
+    with tempfile.TemporaryDirectory() as staging:
+        test = EVALUATORS[info.task](exp.name, info, splits, out, Path(staging))
+        mlflow.log_artifacts(staging, "evaluation")
+    mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
+    mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
+                        "search/trials": len(outcomes)})
+    mlflow.set_tag("runyard.best_trial", best.metrics.get("trial_id", ""))
+    model_uri = stages.log_model(project, net, splits.x_test[:5])
+    return {"experiment": exp.name, "parent_run_id": parent, "metric": metric, "best_value": best.metrics[metric],
+            "best_config": config, "best_trial": best.metrics.get("trial_id"), "test": test,
+            "trials": len(outcomes), **counts, "model_uri": model_uri}
+
+
+def _best_model_spec(exp: Experiment, config: dict[str, Any]) -> dict[str, Any]:
+    from runyard.tuning.space import apply
+
+    return apply(exp, config).model
+
+
+def _best_weights(best) -> dict[str, torch.Tensor]:
+    """The network's weights from the best trial's last checkpoint (Lightning's format)."""
+    from runyard.execution.worker import CKPT_FILE
+
+    if best.checkpoint is not None:
+        with best.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)["state_dict"]
+    else:  # a data-parallel trial: its Ray Train run kept the checkpoint
+        path = Path(best.metrics["checkpoint_path"]) / CKPT_FILE
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+def _write_summary(project: Project, name: str, summary: dict[str, Any]) -> None:
+    out = project.root / "metrics" / "tune" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keep = {k: summary[k] for k in ("metric", "best_value", "best_config", "test", "trials", "completed",
+                                    "pruned", "errored", "parent_run_id")}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(keep, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out)
+
+
+class SearchProgress(Callback):
+    """Trials done and running and the best value so far: a live line on a terminal,
+    one line per finished trial in logs (DVC, Ray jobs, CI)."""
+
+    def __init__(self, total: int, metric: str, mode: str):
+        self.total, self.metric, self.mode = total, metric, mode
+        self.best: float | None = None
+        self.done = self.running = 0
+        self.live = console.status("") if interactive() else None
+
+    def line(self) -> str:
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        return f"search: {self.done}/{self.total} trials done, {self.running} running, best {self.metric} {best}"
+
+    def setup(self, **info):
+        if self.live is not None:
+            self.live.start()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running += 1
+        if self.live is not None:
+            self.live.update(self.line())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is not None and (self.best is None or (value > self.best) == (self.mode == "max")):
+            self.best = value
+        if self.live is not None:
+            self.live.update(self.line())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended()
+
+    def _ended(self) -> None:
+        self.running, self.done = max(0, self.running - 1), self.done + 1
+        if self.live is not None:
+            self.live.update(self.line())
+        else:
+            console.print(self.line(), highlight=False)
+
+    def on_experiment_end(self, trials, **info):
+        if self.live is not None:
+            self.live.stop()

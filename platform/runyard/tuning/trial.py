@@ -1,0 +1,67 @@
+"""What one trial of a search runs, on a Ray Tune trial actor.
+
+A one-worker trial trains Lightning right in the trial actor: no extra processes,
+so a small model's trial costs about its training time. A trial with
+``workers_per_trial > 1`` runs a data-parallel Ray Train run inside the trial,
+whose rank 0 forwards each epoch to Tune.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from runyard.config import Experiment, RayParams, Search
+from runyard.data import DatasetInfo, dataset_info
+from runyard.tuning.space import apply, decode
+
+
+def run_trial(config: dict[str, Any], *, experiment: dict, splits, seed: int, storage_path: str) -> None:
+    """Ray Tune's function trainable; ``config`` holds this trial's sampled values."""
+    # Tune and Train log every checkpoint at INFO, once per epoch per trial.
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    exp = Experiment.model_validate(experiment)
+    trial = apply(exp, decode(config, exp.search))
+    info = dataset_info(exp.dataset)
+    if exp.search.workers_per_trial > 1:
+        _data_parallel(trial, exp.search, info, splits, seed, storage_path)
+    else:
+        _in_process(trial, exp.search, info, splits, seed)
+
+
+def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
+    import lightning.pytorch as pl
+    import torch
+    from ray import tune
+
+    from runyard.data.loaders import SplitsDataModule
+    from runyard.execution.worker import ReportEpochs, _quiet_lightning, build_system, build_trainer, resume_path
+
+    _quiet_lightning()
+    torch.set_num_threads(max(1, int(search.cpus_per_worker)))
+    pl.seed_everything(seed, verbose=False)
+    system = build_system(exp, info.as_config())
+    data = SplitsDataModule(splits, exp.recipe.batch_size, seed)
+    trainer = build_trainer(exp, [ReportEpochs(tune.report, tune.Checkpoint)], accelerator="cpu", devices=1)
+    with resume_path(tune.get_checkpoint()) as ckpt_path:
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+
+
+def _data_parallel(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int, storage_path: str) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from runyard.execution.trainer import torch_trainer
+
+    ray_params = RayParams(num_workers=search.workers_per_trial, cpus_per_worker=search.cpus_per_worker)
+    # Named after the trial: a resumed search restarts this Train run from its checkpoint.
+    trainer = torch_trainer(
+        exp, info, ray.put(splits), ray_params, seed=seed,
+        name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage_path,
+        callbacks=(TuneReportCallback(),), report_epochs=True,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error

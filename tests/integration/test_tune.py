@@ -1,0 +1,139 @@
+"""Searches against real Ray Tune, Optuna and an MLflow sqlite store.
+
+One parent run per search, one child per trial, every child ended, each epoch
+logged once even with concurrent trials, and a killed search resumes without
+running a finished trial again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import runyard_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NAME = "tiny_search"
+
+
+def write_search(root: Path, num_samples: int, epochs: int) -> None:
+    (root / "pipelines" / f"{NAME}.yaml").write_text(yaml.safe_dump({
+        "dataset": "mnist1d",
+        "model": {"name": "mlp", "hidden": [32]},
+        "recipe": {"optimizer": "adam", "lr": 0.01, "batch_size": 200, "epochs": epochs},
+        "optimized_metric": "val/acc",
+        "search": {
+            "algorithm": "tpe", "scheduler": "asha", "num_samples": num_samples, "max_concurrent": 2,
+            "grace_period": 2, "reduction_factor": 2,
+            "space": {"recipe.lr": {"loguniform": [0.001, 0.05]}, "model.hidden": {"choice": [[16], [32], [64]]}},
+        },
+    }))
+
+
+def client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def search_runs(root: Path):
+    """(parents, children) of the search experiment."""
+    c = client(root)
+    exp = c.get_experiment_by_name(NAME)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("runyard.kind") == "search"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def steps(root: Path, run_id: str, key: str = "val/acc") -> list[int]:
+    return sorted(m.step for m in client(root).get_metric_history(run_id, key))
+
+
+def test_tpe_asha_search_nests_one_child_per_trial(prepared):
+    write_search(prepared, num_samples=6, epochs=6)
+    result = runyard_cli("tune", NAME, cwd=prepared, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "database is locked" not in out
+
+    (parent,), children = search_runs(prepared)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["runyard.trial.outcome"] for c in children} <= {"completed", "pruned"}
+    for c in children:
+        logged = steps(prepared, c.info.run_id)
+        assert logged == list(range(len(logged))), "every reported epoch once, none lost"
+        if c.data.tags["runyard.trial.outcome"] == "completed":
+            assert len(logged) == 6
+    best = max(c.data.metrics["val/acc"] for c in children if len(steps(prepared, c.info.run_id)) == 6)
+    assert parent.data.metrics["val/acc"] == pytest.approx(best)
+    assert "test/acc" in parent.data.metrics and parent.data.params["best.recipe.lr"]
+
+    version = client(prepared).get_model_version_by_alias(NAME, "champion")
+    assert version.run_id == parent.info.run_id
+    summary = yaml.safe_load((prepared / "metrics" / "tune" / f"{NAME}.json").read_text())
+    assert summary["best_value"] == pytest.approx(best) and summary["trials"] == 6
+
+
+def finished_children(root: Path) -> int:
+    """Read with plain sqlite: the search process may still be creating the store."""
+    db = root / "mlruns" / "mlflow.db"
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'"
+            ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_search_resumes_without_rerunning_trials(prepared):
+    write_search(prepared, num_samples=6, epochs=8)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runyard", "tune", NAME], cwd=prepared, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    while finished_children(prepared) < 2:
+        assert proc.poll() is None, f"search ended early:\n{proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "search made no progress"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, no clean-up
+    proc.wait(timeout=60)
+    (parent,), before = search_runs(prepared)
+    assert parent.info.status == "RUNNING"
+    done_before = {c.info.run_id: c.info.end_time for c in before if c.info.status == "FINISHED"}
+    assert len(done_before) >= 2
+
+    result = runyard_cli("tune", NAME, "--resume", cwd=prepared, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (after_parent,), children = search_runs(prepared)
+    assert after_parent.info.run_id == parent.info.run_id and after_parent.info.status == "FINISHED"
+    assert len(children) == 6, "one child per trial, no duplicates"
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.info.status, c.data.tags.get("runyard.trial.outcome")) for c in children]
+    for c in children:
+        if c.info.run_id in done_before:
+            assert c.info.end_time == done_before[c.info.run_id], "a finished trial ran again"
+        logged = steps(prepared, c.info.run_id)
+        assert logged == list(range(len(logged)))
+
+
+def test_resume_without_an_interrupted_search_is_an_error(prepared):
+    write_search(prepared, num_samples=2, epochs=2)
+    result = runyard_cli("tune", NAME, "--resume", cwd=prepared)
+    assert result.returncode == 2
+    assert "--resume: no interrupted search" in result.stderr
