@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     }
     tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
     with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id) as run_id:
+        if exp.cv:
+            _cross_validate(client, run_id, exp, info, splits, params)
         with epoch_progress(client, run_id, total_epochs(exp, splits), exp.optimized_metric):
             result = fit(
                 exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
@@ -117,6 +120,20 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         )
     discard_storage(storage, name, run_id)
     return run_id
+
+
+def _cross_validate(client, run_id: str, exp: Experiment, info, splits, params) -> None:
+    """k folds as parallel Ray tasks; each fold's metrics (step = fold), their mean and std."""
+    from mlflow.entities import Metric
+
+    from runyard.execution.cv import cross_validate, summarise
+
+    with status(f"cross-validating: {exp.cv.folds} folds"):
+        results = cross_validate(exp, info, splits, seed=params.seed, cpus=params.ray.cpus_per_worker)
+    now = int(time.time() * 1000)
+    per_fold = [Metric(f"cv/fold/{k}", v, now, i) for i, r in enumerate(results) for k, v in r.items()]
+    summary = [Metric(k, v, now, 0) for k, v in summarise(results).items()]
+    client.log_batch(run_id, metrics=per_fold + summary)
 
 
 def total_epochs(exp: Experiment, splits) -> int:

@@ -20,7 +20,7 @@ from runyard.tracking.runs import flatten
 
 TRIAL_TAG = "runyard.trial_id"
 OUTCOME_TAG = "runyard.trial.outcome"  # completed | pruned | errored | interrupted
-PREFIXES = ("train/", "val/")
+PREFIXES = ("train/", "val/", "fold/")  # fold/: a cross-validated trial's single folds
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 
 

@@ -59,7 +59,7 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
             children.reconcile(grid)
         finally:
             children.close_open()
-        summary = _finish(project, client, exp, info, splits, grid, parent, children)
+        summary = _finish(project, client, exp, info, splits, params.seed, grid, parent, children)
     from runyard.tracking import registry
 
     reg = registry.register(client, name, summary["model_uri"], parent, exp.optimized_metric,
@@ -153,10 +153,11 @@ def _scheduler(exp: Experiment):
 
 
 def max_epochs(exp: Experiment) -> int:
-    return exp.recipe.epochs  # a search's recipe gives epochs (checked with the space)
+    """A trial's budget in reports: epochs, or folds when it cross-validates."""
+    return exp.cv.folds if exp.cv else exp.recipe.epochs  # epochs checked with the space
 
 
-def _finish(project, client, exp: Experiment, info, splits, grid, parent: str, children) -> dict[str, Any]:
+def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, parent: str, children) -> dict[str, Any]:
     """Best trial -> the parent run: its params, metric, test metrics and model."""
     import mlflow
 
@@ -177,7 +178,7 @@ def _finish(project, client, exp: Experiment, info, splits, grid, parent: str, c
         raise RunyardError(f"{exp.name}: no trial reported {metric}; see the child runs' errors in MLflow")
     config = decode(best.config, exp.search)
     net = build_model(_best_model_spec(exp, config), info.input_shape, info.num_outputs)
-    net.load_state_dict(_best_weights(best))
+    net.load_state_dict(_refit(exp, config, info, splits, seed) if exp.cv else _best_weights(best))
     net.eval()
     with torch.no_grad():
         out = net(torch.from_numpy(splits.x_test)).numpy()
@@ -198,6 +199,25 @@ def _best_model_spec(exp: Experiment, config: dict[str, Any]) -> dict[str, Any]:
     from runyard.tuning.space import apply
 
     return apply(exp, config).model
+
+
+def _refit(exp: Experiment, config: dict[str, Any], info, splits, seed: int) -> dict[str, torch.Tensor]:
+    """Cross-validated trials keep no model: train the best config once on the train split."""
+    import ray
+
+    from runyard.progress import status
+    from runyard.tuning.space import apply
+
+    def refit(trial: Experiment, seed: int):
+        from runyard.execution.local import fit_local
+
+        trainer = fit_local(trial, info, splits, seed=seed, cpus=exp.search.cpus_per_worker)
+        return {k.removeprefix("net."): v for k, v in trainer.lightning_module.state_dict().items()
+                if k.startswith("net.")}
+
+    with status("training the best configuration on the whole train split"):
+        task = ray.remote(num_cpus=exp.search.cpus_per_worker)(refit)
+        return ray.get(task.remote(apply(exp, config), seed))
 
 
 def _best_weights(best) -> dict[str, torch.Tensor]:

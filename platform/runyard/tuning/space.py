@@ -25,7 +25,7 @@ def check_space(exp: Experiment, where: str) -> None:
     from runyard.data import dataset_info
     from runyard.models import INJECTED, check_model_fits, component
 
-    if exp.recipe.epochs is None:
+    if exp.recipe.epochs is None and exp.cv is None:
         raise RunyardError(f"{where}: recipe.steps: a search budgets trials in epochs; set recipe.epochs instead")
     for key, domain in exp.search.space.items():
         at = f"{where}: search.space.{key}"

@@ -24,28 +24,38 @@ def run_trial(config: dict[str, Any], *, experiment: dict, splits, seed: int, st
     exp = Experiment.model_validate(experiment)
     trial = apply(exp, decode(config, exp.search))
     info = dataset_info(exp.dataset)
-    if exp.search.workers_per_trial > 1:
+    if exp.cv:
+        _cross_validated(trial, exp.search, info, splits, seed)
+    elif exp.search.workers_per_trial > 1:
         _data_parallel(trial, exp.search, info, splits, seed, storage_path)
     else:
         _in_process(trial, exp.search, info, splits, seed)
 
 
 def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
-    import lightning.pytorch as pl
-    import torch
     from ray import tune
 
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import ReportEpochs, _quiet_lightning, build_system, build_trainer, resume_path
+    from runyard.execution.local import fit_local
+    from runyard.execution.worker import ReportEpochs, resume_path
 
-    _quiet_lightning()
-    torch.set_num_threads(max(1, int(search.cpus_per_worker)))
-    pl.seed_everything(seed, verbose=False)
-    system = build_system(exp, info.as_config())
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed)
-    trainer = build_trainer(exp, [ReportEpochs(tune.report, tune.Checkpoint)], accelerator="cpu", devices=1)
     with resume_path(tune.get_checkpoint()) as ckpt_path:
-        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+        fit_local(exp, info, splits, seed=seed, cpus=search.cpus_per_worker,
+                  callbacks=[ReportEpochs(tune.report, tune.Checkpoint)], ckpt_path=ckpt_path)
+
+
+def _cross_validated(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
+    """One report per fold: the running mean (and std) of the folds so far."""
+    import numpy as np
+    from ray import tune
+
+    from runyard.execution.cv import fit_fold, folds
+
+    metric, scores = exp.optimized_metric, []
+    for i, fold in enumerate(folds(splits, exp.cv.folds, seed, info.task)):
+        result = fit_fold(exp, info, fold, seed, search.cpus_per_worker)
+        scores.append(result[metric])
+        tune.report({metric: float(np.mean(scores)), f"{metric}_std": float(np.std(scores)),
+                     f"fold/{metric}": result[metric], "epoch": i})
 
 
 def _data_parallel(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int, storage_path: str) -> None:
