@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import typer
 
@@ -92,6 +93,25 @@ def list_experiments():
     from runyard.report import experiments_table
 
     experiments_table(_project())
+
+
+@app.command()
+def compare(
+    experiments: list[str] = typer.Argument(..., help="Experiments to put side by side"),
+    out: Path = typer.Option(None, "--out", help="Write the markdown table here (e.g. metrics/paper.md)"),
+    title: str = typer.Option("runyard results against published references", "--title"),
+):
+    """Test results next to each experiment's published reference, as a markdown table.
+
+    Example: runyard compare mnist1d_logistic mnist1d_mlp mnist1d_cnn mnist1d_gru --out metrics/paper_mnist1d.md
+    """
+    from runyard.report import compare as run
+
+    table = run(_project(), experiments, title)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    typer.echo(table, nl=False)
 
 
 @app.command()

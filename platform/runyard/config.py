@@ -69,6 +69,8 @@ class Params(Strict):
     """Per-dataset builder arguments, validated by the builder's own model."""
     experiments: dict[str, str] = {}
     """The experiments ``dvc repro`` runs: experiment name -> the dataset it reads."""
+    searches: dict[str, str] = {}
+    """The searches ``dvc repro`` runs (``tune@<name>``): experiment name -> its dataset."""
 
     @property
     def tracking_uri(self) -> str:
@@ -193,6 +195,14 @@ class CrossValidation(Strict):
     folds: Annotated[int, Field(ge=2, le=20)] = 5
 
 
+class Reference(Strict):
+    """A published result to compare with, e.g. the MNIST-1D paper's 94% for its CNN."""
+
+    value: float
+    metric: str = "test/acc"
+    source: str
+
+
 class Experiment(Strict):
     name: str
     """Filled from the file name; not written in the YAML."""
@@ -208,6 +218,7 @@ class Experiment(Strict):
     """Used by ``runyard tune``; ``runyard train`` trains the config as written."""
     cv: CrossValidation | None = None
     """k-fold cross-validation on train + val: the folds train as parallel Ray tasks."""
+    reference: Reference | None = None
 
     @property
     def model_name(self) -> str:
@@ -289,17 +300,17 @@ class Project:
                     f"{where}: datasets.{name}: unknown dataset; allowed: {', '.join(DATASETS)}"
                 )
             dataset_params(name, args, where=f"{where}: datasets.{name}")
-        for exp, ds in params.experiments.items():
-            if not self.pipeline_file(exp).is_file():
-                raise RunyardError(
-                    f"{where}: experiments.{exp}: no file {self.rel(self.pipeline_file(exp))}; "
-                    f"allowed: {', '.join(self.experiment_names())}"
-                )
-            if ds not in DATASETS:
-                raise RunyardError(
-                    f"{where}: experiments.{exp}: unknown dataset {ds!r}; "
-                    f"allowed: {', '.join(DATASETS)}"
-                )
+        for section in ("experiments", "searches"):
+            for exp, ds in getattr(params, section).items():
+                if not self.pipeline_file(exp).is_file():
+                    raise RunyardError(
+                        f"{where}: {section}.{exp}: no file {self.rel(self.pipeline_file(exp))}; "
+                        f"allowed: {', '.join(self.experiment_names())}"
+                    )
+                if ds not in DATASETS:
+                    raise RunyardError(
+                        f"{where}: {section}.{exp}: unknown dataset {ds!r}; allowed: {', '.join(DATASETS)}"
+                    )
 
     def dataset_args(self, dataset: str):
         """The typed builder arguments for one dataset (defaults where params.yaml is silent)."""
@@ -333,12 +344,15 @@ class Project:
             raise RunyardError(
                 f"{where}: dataset: unknown dataset {exp.dataset!r}; allowed: {', '.join(DATASETS)}"
             )
-        mapped = self.params.experiments.get(exp.name)
-        if mapped is not None and mapped != exp.dataset:
-            raise RunyardError(
-                f"{self.rel(self.params_file)}: experiments.{exp.name}: says dataset {mapped!r} "
-                f"but {where} says {exp.dataset!r}; make them agree"
-            )
+        for section in ("experiments", "searches"):
+            mapped = getattr(self.params, section).get(exp.name)
+            if mapped is not None and mapped != exp.dataset:
+                raise RunyardError(
+                    f"{self.rel(self.params_file)}: {section}.{exp.name}: says dataset {mapped!r} "
+                    f"but {where} says {exp.dataset!r}; make them agree"
+                )
+        if exp.name in self.params.searches and exp.search is None:
+            raise RunyardError(f"{self.rel(self.params_file)}: searches.{exp.name}: {where} has no search: section")
         check_model_spec(exp.model, where=f"{where}: model")
         check_model_fits(exp.model, dataset_info(exp.dataset), exp.dataset, where=f"{where}: model")
         task = dataset_info(exp.dataset).task

@@ -21,6 +21,7 @@ from tests.conftest import runyard_cli
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = {"mnist1d_mlp": "mnist1d", "regression1d_shallow": "regression1d"}
+SEARCH = "mnist1d_cnn_search"
 
 
 def env() -> dict:
@@ -44,6 +45,7 @@ def edit(path: Path, change) -> None:
 def make_tiny(root: Path) -> None:
     def params(p):
         p["experiments"] = TINY
+        p["searches"] = {SEARCH: "mnist1d"}
         p["datasets"] = {
             "mnist1d": {"num_samples": 1000, "val_samples": 200},
             "regression1d": {"train_samples": 200, "val_samples": 50, "test_samples": 100},
@@ -54,7 +56,11 @@ def make_tiny(root: Path) -> None:
          lambda p: p["recipe"].update(steps=None, epochs=3) or p["recipe"].pop("steps"))
     edit(root / "pipelines/regression1d_shallow.yaml",
          lambda p: (p["recipe"].update(epochs=3), p["model"].update(width=64)))
-    for f in ("params.yaml", "pipelines"):
+    edit(root / f"pipelines/{SEARCH}.yaml",
+         lambda p: (p["recipe"].update(epochs=2), p["search"].update(num_samples=2, grace_period=1)))
+    # The paper's table reads experiments this tiny pipeline does not train.
+    edit(root / "dvc.yaml", lambda d: d["stages"].pop("paper"))
+    for f in ("params.yaml", "pipelines", "dvc.yaml"):
         subprocess.run(["git", "add", f], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
                     "commit", "-qm", "tiny"], cwd=root, check=True)
@@ -77,6 +83,7 @@ def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
     first = dvc("repro", cwd=root)
     for name in TINY:
         assert f"Running stage 'train@{name}'" in first.stdout
+    assert f"Running stage 'tune@{SEARCH}'" in first.stdout
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     c = client(root)
@@ -114,8 +121,13 @@ def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
     assert "Running stage 'train@regression1d_shallow'" not in third.stdout
     assert len(runs_of(c, "mnist1d_mlp")) == 2 and len(runs_of(c, "regression1d_shallow")) == 1
 
+    assert f"Running stage 'tune@{SEARCH}'" not in third.stdout
+
     shown = dvc("metrics", "show", cwd=root).stdout
     assert "test/acc" in shown and "test/mse" in shown
+    assert f"metrics/tune/{SEARCH}.json" in shown and "best_value" in shown
+    (parent,) = [r for r in runs_of(c, SEARCH) if r.data.tags.get("runyard.kind") == "search"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["runyard.git.commit"] == head
 
 
 def _run_status(root: Path) -> list[str]:
