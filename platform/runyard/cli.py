@@ -124,8 +124,9 @@ def summary():
 
 @app.command()
 def bench(
-    workload: list[str] = typer.Option(["reference", "large"], "--workload", "-w",
-                                       help="reference (MNIST-1D CNN, 20 epochs) and/or large (50k samples)"),
+    workload: list[str] = typer.Option(
+        ["reference", "large"], "--workload", "-w",
+        help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches)"),
     out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
 ):
     """Time a plain PyTorch loop, plain Lightning and runyard on 1 and 2 Ray workers, side by side.
@@ -138,10 +139,17 @@ def bench(
     from runyard.bench import run as run_bench
     from runyard.progress import report_console
 
-    unknown = [w for w in workload if w not in WORKLOADS]
+    unknown = [w for w in workload if w not in (*WORKLOADS, "tune")]
     if unknown:
-        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}")
-    run_bench(workload, _project().root / Path(out), report_console())
+        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune")
+    path = _project().root / Path(out)
+    if "tune" in workload:
+        from runyard.tuning.bench import report
+
+        report(path.with_name("bench_tune.json"), report_console())
+    train = [w for w in workload if w != "tune"]
+    if train:
+        run_bench(train, path, report_console())
 
 
 # --------------------------------------------------------------------------- cluster and jobs
