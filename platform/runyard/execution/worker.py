@@ -171,7 +171,8 @@ def _quiet_lightning() -> None:
     import logging
     import warnings
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # ray.train logs every report and checkpoint at INFO, once per epoch per worker.
+    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Validation runs on the whole split on every rank: numbers are equal, no sync needed.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")

@@ -32,7 +32,7 @@ def search_experiment(scheduler: str):
         recipe=Recipe(optimizer="adam", lr=0.01, batch_size=100, epochs=20),
         search=Search.model_validate({
             "algorithm": "random", "scheduler": scheduler, "num_samples": TRIALS,
-            "max_concurrent": os.cpu_count() or 1, "grace_period": 4, "reduction_factor": 3,
+            "max_concurrent": os.cpu_count() or 1, "grace_period": 2, "reduction_factor": 4,
             "space": {"recipe.lr": {"loguniform": [0.0005, 0.05]},
                       "model.channels": {"choice": [[16, 16, 16], [25, 25, 25], [32, 32, 32]]}},
         }),

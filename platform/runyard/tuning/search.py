@@ -92,9 +92,11 @@ def _run_tuner(exp: Experiment, splits, seed: int, storage: Path, run_name: str,
         run_trial, experiment=exp.model_dump(mode="json", by_alias=True), splits=splits, seed=seed,
         storage_path=str(storage / "trials"),
     )
-    # A data-parallel trial's actor only waits; its Ray Train workers hold the CPUs.
-    cpus = search.cpus_per_worker if search.workers_per_trial == 1 else 0
-    trainable = tune.with_resources(trainable, {"cpu": cpus})
+    # A data-parallel trial's actor only waits for its Ray Train workers, which hold the
+    # CPUs. Even 0.01 CPU would leave 2 one-CPU workers unplaceable on 2 cores, and Tune
+    # refuses an empty request: so the actor asks for one byte of memory instead.
+    one_worker = search.workers_per_trial == 1
+    trainable = tune.with_resources(trainable, {"cpu": search.cpus_per_worker} if one_worker else {"memory": 1})
     callbacks = [children, SearchProgress(search.num_samples, exp.optimized_metric, exp.optimized_mode)]
     path = storage / run_name
     if resume and tune.Tuner.can_restore(str(path)):

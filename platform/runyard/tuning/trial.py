@@ -8,7 +8,6 @@ whose rank 0 forwards each epoch to Tune.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from runyard.config import Experiment, RayParams, Search
@@ -18,9 +17,9 @@ from runyard.tuning.space import apply, decode
 
 def run_trial(config: dict[str, Any], *, experiment: dict, splits, seed: int, storage_path: str) -> None:
     """Ray Tune's function trainable; ``config`` holds this trial's sampled values."""
-    # Tune and Train log every checkpoint at INFO, once per epoch per trial.
-    for name in ("ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from runyard.execution.worker import _quiet_lightning
+
+    _quiet_lightning()
     exp = Experiment.model_validate(experiment)
     trial = apply(exp, decode(config, exp.search))
     info = dataset_info(exp.dataset)
