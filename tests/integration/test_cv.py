@@ -26,7 +26,7 @@ def client(root):
 
 
 def test_train_logs_every_fold_and_their_mean(prepared):
-    shrink(prepared, "mnist1d_mlp_cv", folds=3, epochs=1)
+    shrink(prepared, "mnist1d_mlp_cv", folds=3, epochs=2)
     result = runyard_cli("train", "mnist1d_mlp_cv", cwd=prepared)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     c = client(prepared)
@@ -41,7 +41,7 @@ def test_train_logs_every_fold_and_their_mean(prepared):
 
 
 def test_cv_mean_is_a_search_objective(prepared):
-    shrink(prepared, "mnist1d_mlp_cv_search", folds=2, epochs=1, num_samples=2, scheduler="fifo")
+    shrink(prepared, "mnist1d_mlp_cv_search", folds=2, epochs=2, num_samples=2, scheduler="fifo")
     result = runyard_cli("tune", "mnist1d_mlp_cv_search", cwd=prepared)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     c = client(prepared)
