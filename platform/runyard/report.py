@@ -24,7 +24,7 @@ def experiments_table(project: Project, only_pipeline: bool = False) -> None:
         exp = project.experiment(name)
         res = _results(project, name)
         shown = ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in res.items()
-                          if k in ("test/acc", "test/f1", "test/mse"))
+                          if k in ("test/acc", "test/f1", "test/mse", "test/iou", "test/dice"))
         table.add_row(name, exp.dataset, exp.model_name,
                       "yes" if name in project.params.experiments else "", shown or "-")
     report_console().print(table)

@@ -56,7 +56,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     system = build_system(exp, cfg["dataset_info"])
     splits = ray.get(cfg["data_ref"])
     data = SplitsDataModule(
-        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world
+        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
+        augment=exp.recipe.augment,
     )
 
     epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"])
