@@ -99,6 +99,18 @@ class EarlyStopping(Strict):
     min_delta: NonNegativeFloat = 0.0
 
 
+class Augment(Strict):
+    """Random transforms of the training images (never validation or test), drawn
+    afresh for every sample of every epoch. All off (0) unless set."""
+
+    shift: Annotated[int, Field(ge=0)] = 0
+    """Largest shift in pixels, along each axis: a uniform integer in [-shift, shift]."""
+    rotate_deg: Annotated[float, Field(ge=0, le=180)] = 0.0
+    """Largest rotation in degrees, either way, about the image centre."""
+    noise: NonNegativeFloat = 0.0
+    """Std of Gaussian noise added to every pixel (after the geometric transform)."""
+
+
 class Recipe(Strict):
     optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"] = (
         "adam"
@@ -117,6 +129,8 @@ class Recipe(Strict):
     schedule: Schedule = Schedule()
     early_stopping: EarlyStopping | None = None
     gradient_clip: PositiveFloat | None = None
+    augment: Augment | None = None
+    """Data augmentation of training batches (image datasets); None: off."""
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> Recipe:
@@ -321,6 +335,12 @@ class Project:
         where = f"{self.rel(self.params_file)}: datasets.{dataset}"
         return dataset_params(dataset, self.params.datasets.get(dataset, {}), where=where)
 
+    def dataset_info(self, dataset: str):
+        """The dataset's task and shapes with this project's builder arguments."""
+        from runyard.data import dataset_info
+
+        return dataset_info(dataset, self.dataset_args(dataset))
+
     def experiment(self, name: str) -> Experiment:
         path = self.pipeline_file(name)
         if not path.is_file():
@@ -337,7 +357,7 @@ class Project:
         return exp
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
-        from runyard.data import DATASETS, dataset_info
+        from runyard.data import DATASETS
         from runyard.models import check_model_fits, check_model_spec, metrics_for
 
         if exp.dataset not in DATASETS:
@@ -353,9 +373,15 @@ class Project:
                 )
         if exp.name in self.params.searches and exp.search is None:
             raise RunyardError(f"{self.rel(self.params_file)}: searches.{exp.name}: {where} has no search: section")
+        info = self.dataset_info(exp.dataset)
         check_model_spec(exp.model, where=f"{where}: model")
-        check_model_fits(exp.model, dataset_info(exp.dataset), exp.dataset, where=f"{where}: model")
-        task = dataset_info(exp.dataset).task
+        check_model_fits(exp.model, info, exp.dataset, where=f"{where}: model")
+        if exp.recipe.augment is not None and len(info.input_shape) != 3:
+            raise RunyardError(
+                f"{where}: recipe.augment: needs images (channels, height, width); "
+                f"{exp.dataset} inputs have shape {tuple(info.input_shape)}"
+            )
+        task = info.task
         allowed = metrics_for(task)
         if exp.optimized_metric not in allowed:
             raise RunyardError(
@@ -365,7 +391,7 @@ class Project:
         if exp.search:
             from runyard.tuning.space import check_space
 
-            check_space(exp, where)
+            check_space(exp, info, where)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -28,7 +28,7 @@ from runyard.progress import epoch_progress, interactive, status
 def prepare(project: Project, dataset: str) -> Path:
     """Build data/<dataset>/ from the builder and its params.yaml arguments."""
     args = project.dataset_args(dataset)
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, args)
     with status(f"preparing {dataset}"):
         built = builder(dataset).build(args, project.params.seed)
     out = project.data_dir(dataset)
@@ -59,8 +59,16 @@ def _tracking(project: Project):
 
 def load_inputs(project: Project, name: str):
     exp = project.experiment(name)
+    info = project.dataset_info(exp.dataset)
     data_dir = project.data_dir(exp.dataset)
-    return exp, dataset_info(exp.dataset), split_store.load(data_dir, project.rel(data_dir))
+    splits = split_store.load(data_dir, project.rel(data_dir))
+    if tuple(splits.x_train.shape[1:]) != tuple(info.input_shape):
+        raise RunyardError(
+            f"{project.rel(data_dir)}: inputs have shape {tuple(splits.x_train.shape[1:])} but "
+            f"{project.rel(project.params_file)}: datasets.{exp.dataset} makes {tuple(info.input_shape)}; "
+            f"run `runyard prepare {exp.dataset}` again"
+        )
+    return exp, info, splits
 
 
 def train(project: Project, name: str, resume: bool = False) -> str:

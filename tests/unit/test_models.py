@@ -13,7 +13,7 @@ from runyard.config import Recipe
 from runyard.errors import RunyardError
 from runyard.models import MODELS, build_model, check_model_spec
 from runyard.models.optim import build_optimizer, build_schedule
-from runyard.models.systems import ClassifierSystem, RegressorSystem, system_for
+from runyard.models.systems import ClassifierSystem, RegressorSystem, SegmenterSystem, system_for
 from tests.conftest import assert_one_line_config_error
 
 
@@ -49,16 +49,19 @@ def test_rnn_variants_change_size():
 # --------------------------------------------------------------------------- shapes
 
 MNIST1D, DIGITS, REGRESSION = ((40,), 10), ((1, 8, 8), 10), ((1,), 1)
+SHAPES, SHAPES_SEG = ((1, 16, 16), 3), ((1, 16, 16), 4)
 COMPATIBLE = {
     "logistic": [MNIST1D, DIGITS, REGRESSION],
     "mlp": [MNIST1D, DIGITS, REGRESSION],
     "shallow": [MNIST1D, DIGITS, REGRESSION],
     "cnn1d": [MNIST1D],
-    "cnn2d": [DIGITS],
+    "cnn2d": [DIGITS, SHAPES],
     "rnn": [MNIST1D, REGRESSION],
     "transformer": [MNIST1D, REGRESSION],
     "tcn": [MNIST1D, REGRESSION],
+    "unet": [DIGITS, SHAPES_SEG],
 }
+SEGMENTERS = {"unet"}  # one score map per class: (num_outputs, height, width)
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]
 
 
@@ -71,14 +74,15 @@ def test_output_shape(name, input_shape, num_outputs):
     torch.manual_seed(0)
     net = build_model({"name": name}, input_shape, num_outputs)
     x = torch.randn(5, *input_shape)
+    per_sample = (num_outputs, *input_shape[1:]) if name in SEGMENTERS else (num_outputs,)
     net.train()
     out = net(x)
-    assert out.shape == (5, num_outputs)
+    assert out.shape == (5, *per_sample)
     out.sum().backward()  # gradients reach every parameter
     assert all(p.grad is not None for p in net.parameters())
     net.eval()
     with torch.no_grad():
-        assert net(x[:1]).shape == (1, num_outputs)
+        assert net(x[:1]).shape == (1, *per_sample)
 
 
 @pytest.mark.parametrize(
@@ -264,6 +268,7 @@ def test_regressor_loss_and_metrics():
 def test_system_for_task():
     assert system_for("classification") is ClassifierSystem
     assert system_for("regression") is RegressorSystem
+    assert system_for("segmentation") is SegmenterSystem
 
 
 def test_system_validates_recipe():

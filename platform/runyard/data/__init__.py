@@ -1,7 +1,9 @@
 """Datasets: name -> builder module (imported lazily), and the on-disk split format.
 
 A builder module defines ``Args`` (a pydantic model of its params.yaml section),
-``INFO`` (task, input shape, classes) and ``build(args, seed) -> Splits``.
+``INFO`` (task, input shape, classes) and ``build(args, seed) -> Splits``. A builder
+whose shapes depend on its arguments (an image size) defines ``info(args)`` instead
+of ``INFO``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ DATASETS: dict[str, str] = {
     "mnist1d": "runyard.data.mnist1d",
     "digits": "runyard.data.digits",
     "regression1d": "runyard.data.regression1d",
+    "shapes": "runyard.data.shapes",
+    "shapes_seg": "runyard.data.shapes_seg",
 }
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "segmentation"]
     input_shape: tuple[int, ...]
     num_classes: int | None = None
-    """None for regression; the model's output size is then 1."""
+    """None for regression; the model's output size is then 1. For segmentation, the
+    pixel classes, class 0 being the background."""
 
     @property
     def num_outputs(self) -> int:
@@ -31,6 +36,14 @@ class DatasetInfo:
     def as_config(self) -> dict[str, Any]:
         """What a Ray worker needs to build the model and system (plain JSON)."""
         return {"task": self.task, "input_shape": list(self.input_shape), "num_outputs": self.num_outputs}
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """What a model must return per sample: ``(num_outputs,)``, or for segmentation
+        one score map per class over the input's pixels, ``(num_classes, height, width)``."""
+        if self.task == "segmentation":
+            return (self.num_outputs, *self.input_shape[1:])
+        return (self.num_outputs,)
 
 
 def builder(name: str):
@@ -41,8 +54,12 @@ def builder(name: str):
     return importlib.import_module(DATASETS[name])
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    return builder(name).INFO
+def dataset_info(name: str, args=None) -> DatasetInfo:
+    """The dataset's task and shapes, for builder arguments ``args`` (None: the defaults)."""
+    module = builder(name)
+    if hasattr(module, "info"):
+        return module.info(module.Args() if args is None else args)
+    return module.INFO
 
 
 def dataset_params(name: str, raw: dict[str, Any], where: str):

@@ -8,7 +8,12 @@ permuted index tensor gives the same batches at a fraction of the cost.
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+
+from runyard.data import augment as augmentation
+
+AUGMENT_STREAM = 0xA06
 
 
 class TensorBatches:
@@ -18,12 +23,17 @@ class TensorBatches:
     one and takes every ``world_size``-th index, like DistributedSampler. The tail
     that does not divide evenly across ranks is dropped so every rank sees the same
     number of batches (unequal counts would hang DDP's all-reduce).
+
+    With ``augment`` (a recipe's ``Augment``) every batch is augmented, with random
+    draws from ``(seed, epoch, rank)``: the same on a rerun or a resume, different on
+    each rank and in each epoch.
     """
 
-    def __init__(self, x, y, batch_size, *, shuffle=False, seed=0, rank=0, world_size=1):
+    def __init__(self, x, y, batch_size, *, shuffle=False, seed=0, rank=0, world_size=1, augment=None):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.augment = augment
         self.epoch = 0
 
     def _indices(self) -> torch.Tensor:
@@ -41,16 +51,30 @@ class TensorBatches:
 
     def __iter__(self):
         idx = self._indices()
+        gen = None if self.augment is None else self._augment_generator()
         self.epoch += 1
         for start in range(0, len(idx), self.batch_size):
             take = idx[start : start + self.batch_size]
-            yield self.x[take], self.y[take]
+            if gen is None:
+                yield self.x[take], self.y[take]
+            else:
+                yield augmentation.augment(self.x[take], self.y[take], self.augment, gen)
+
+    def _augment_generator(self) -> torch.Generator:
+        # A stream of its own, apart from the permutations' seed + epoch.
+        entropy = [self.seed % 2**64, self.epoch, self.rank, AUGMENT_STREAM]
+        seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
 
 
 class SplitsDataModule(pl.LightningDataModule):
-    """Train/val/test loaders over prepared splits; ``batch_size`` is per rank."""
+    """Train/val/test loaders over prepared splits; ``batch_size`` is per rank.
 
-    def __init__(self, splits, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    ``augment`` (a recipe's ``Augment``, or None) applies to the training batches only.
+    """
+
+    def __init__(self, splits, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 augment=None):
         super().__init__()
         # Copies: arrays from Ray's object store are read-only views.
         self.tensors = {name: torch.tensor(arr) for name, arr in splits.arrays().items()}
@@ -58,7 +82,7 @@ class SplitsDataModule(pl.LightningDataModule):
         self.rank, self.world_size = rank, world_size
         self._train = TensorBatches(
             self.tensors["x_train"], self.tensors["y_train"], batch_size,
-            shuffle=True, seed=seed, rank=rank, world_size=world_size,
+            shuffle=True, seed=seed, rank=rank, world_size=world_size, augment=augment,
         )
 
     def train_dataloader(self):

@@ -1,1 +1,1 @@
-"""Test-split metrics and the plots people look at: confusion matrix, fit, learning curve."""
+"""Test-split metrics and the plots people look at: confusion matrix, fit, masks, learning curve."""

@@ -33,6 +33,28 @@ def fit(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, title: str, out: 
     _save(fig, out)
 
 
+def masks(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str,
+          out: Path) -> None:
+    """A grid, one column per sample: the input image, the true mask, the predicted mask."""
+    from matplotlib.colors import ListedColormap
+
+    colours = ListedColormap(["black", *plt.get_cmap("tab10").colors[:num_classes - 1]])
+    n = len(x)
+    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.8, 4.9), squeeze=False)
+    rows = [("input", x[:, 0], {"cmap": "gray"}),
+            ("true mask", y_true, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1}),
+            ("predicted", y_pred, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1})]
+    for r, (label, images, style) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(images[i], interpolation="nearest", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label)
+    fig.suptitle(title)
+    _save(fig, out)
+
+
 def learning_curve(history: dict[str, list[tuple[int, float]]], title: str, out: Path) -> None:
     """One panel per metric kind (loss, acc, ...), train and val on the same axes."""
     kinds = sorted({k.split("/", 1)[1] for k in history if k.split("/", 1)[1] != "lr"})

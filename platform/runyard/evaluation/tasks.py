@@ -36,11 +36,26 @@ def regression(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, st
     return values
 
 
+MASK_SAMPLES = 8
+"""Test images shown in the segmentation grid (the first ones of the split)."""
+
+
+def segmentation(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path) -> dict:
+    pred = out.argmax(1)
+    values, cm = test_metrics.segmentation(splits.y_test, pred, info.num_classes)
+    k = MASK_SAMPLES
+    plots.masks(splits.x_test[:k], splits.y_test[:k], pred[:k], info.num_classes,
+                f"{name}: test inputs, true and predicted masks", staging / "masks.png")
+    plots.confusion(cm, f"{name}: test pixels (rows true, columns predicted)", staging / "confusion.png")
+    return values
+
+
 Evaluator = Callable[[str, DatasetInfo, Splits, np.ndarray, Path], dict]
 
 EVALUATORS: dict[str, Evaluator] = {
     "classification": classification,
     "regression": regression,
+    "segmentation": segmentation,
 }
 
 

@@ -84,7 +84,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     system = build_system(exp, cfg["dataset_info"])
     splits = ray.get(cfg["data_ref"])
     data = SplitsDataModule(
-        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world
+        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
+        augment=exp.recipe.augment,
     )
 
     if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow

@@ -1,7 +1,7 @@
 """Model registry: a name in a pipeline's ``model:`` section -> a component (lazy import).
 
 Adding an architecture = one component here and one line in MODELS; the
-classifier / regressor systems train any of them.
+classifier / regressor / segmenter systems train any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "rnn": "runyard.models.components.rnn:RNN",
     "transformer": "runyard.models.components.attention:TransformerEncoder",
     "tcn": "runyard.models.components.tcn:TCN",
+    "unet": "runyard.models.components.unet:UNet",
 }
 
 # Arguments the dataset fills in; a pipeline may not set them.
@@ -30,6 +31,7 @@ INJECTED = {"input_shape", "num_outputs"}
 METRICS = {
     "classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
+    "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
 }
 
 
@@ -77,8 +79,11 @@ def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> No
         raise RunyardError(
             f"{where}: {spec['name']} does not fit {dataset} inputs of shape {tuple(info.input_shape)}: {first}"
         ) from None
-    if tuple(out.shape) != (2, info.num_outputs):
-        raise RunyardError(f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]}, need ({info.num_outputs},)")
+    if tuple(out.shape) != (2, *info.output_shape):
+        raise RunyardError(
+            f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]} per sample, "
+            f"{dataset} needs {tuple(info.output_shape)}"
+        )
 
 
 def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:

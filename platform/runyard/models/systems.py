@@ -70,5 +70,27 @@ class RegressorSystem(System):
         return loss, {"loss": loss.detach(), "mse": loss.detach()}
 
 
+class SegmenterSystem(System):
+    """Per-pixel classification: the net gives (batch, classes, height, width) scores and
+    the target is a mask of class indices; IoU and Dice over the foreground classes."""
+
+    def loss_and_metrics(self, batch):
+        from runyard.evaluation.metrics import overlap, pixel_confusion
+
+        x, y = batch
+        logits = self(x)
+        y = y.long()
+        loss = F.cross_entropy(logits, y)
+        iou, dice = overlap(pixel_confusion(y, logits.detach().argmax(1), logits.shape[1]))
+        return loss, {"loss": loss.detach(), "iou": iou, "dice": dice}
+
+
+SYSTEMS: dict[str, type[System]] = {
+    "classification": ClassifierSystem,
+    "regression": RegressorSystem,
+    "segmentation": SegmenterSystem,
+}
+
+
 def system_for(task: str) -> type[System]:
-    return {"classification": ClassifierSystem, "regression": RegressorSystem}[task]
+    return SYSTEMS[task]

@@ -66,7 +66,10 @@ def run_search(exp, splits, store: Path) -> dict[str, Any]:
     parent = client.create_run(exp_id, run_name=exp.name).info.run_id
     children = ChildRuns(uri, exp_id, parent, exp.recipe.epochs)
     t0 = time.perf_counter()
-    grid = _run_tuner(exp, splits, 0, store / "ray", exp.name, f"sqlite:///{store / 'optuna.db'}", children,
+    from runyard.data import dataset_info
+
+    study = f"sqlite:///{store / 'optuna.db'}"
+    grid = _run_tuner(exp, dataset_info("mnist1d"), splits, 0, store / "ray", exp.name, study, children,
                       resume=False, retry_errored=False)
     wall = time.perf_counter() - t0
     client.set_terminated(parent)

@@ -54,7 +54,7 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     with tracked_run(exp_id, f"{name}-search", run_params, tags, resume_run_id=parent_id) as parent:
         children = ChildRuns(uri, exp_id, parent, max_epochs(exp))
         try:
-            grid = _run_tuner(exp, splits, params.seed, storage, f"{name}-search-{parent}", study,
+            grid = _run_tuner(exp, info, splits, params.seed, storage, f"{name}-search-{parent}", study,
                               children, resume=parent_id is not None, retry_errored=retry_errored)
             children.reconcile(grid)
         finally:
@@ -80,7 +80,7 @@ def _resumable_search(client, name: str, where: str) -> str:
     return runs[0].info.run_id
 
 
-def _run_tuner(exp: Experiment, splits, seed: int, storage: Path, run_name: str, study: str,
+def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name: str, study: str,
                children, *, resume: bool, retry_errored: bool):
     from ray import tune
 
@@ -89,7 +89,7 @@ def _run_tuner(exp: Experiment, splits, seed: int, storage: Path, run_name: str,
 
     search = exp.search
     trainable = tune.with_parameters(
-        run_trial, experiment=exp.model_dump(mode="json", by_alias=True), splits=splits, seed=seed,
+        run_trial, experiment=exp.model_dump(mode="json", by_alias=True), info=info, splits=splits, seed=seed,
         storage_path=str(storage / "trials"),
     )
     # A data-parallel trial's actor only waits for its Ray Train workers, which hold the

@@ -19,10 +19,9 @@ from runyard.errors import RunyardError
 ROOTS = ("model", "recipe")
 
 
-def check_space(exp: Experiment, where: str) -> None:
+def check_space(exp: Experiment, info, where: str) -> None:
     """Every key names something the experiment takes; every bound and option is valid."""
     from runyard.config import kwargs_model
-    from runyard.data import dataset_info
     from runyard.models import INJECTED, check_model_fits, component
 
     if exp.recipe.epochs is None and exp.cv is None:
@@ -45,7 +44,7 @@ def check_space(exp: Experiment, where: str) -> None:
             try:
                 trial = apply(exp, {key: value})
                 if root == "model":
-                    check_model_fits(trial.model, dataset_info(exp.dataset), exp.dataset, where="model")
+                    check_model_fits(trial.model, info, exp.dataset, where="model")
             except RunyardError as e:
                 detail = str(e).split(": ", 1)[-1]
                 raise RunyardError(f"{at}: {value!r} is not allowed: {detail}") from None

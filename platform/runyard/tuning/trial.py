@@ -11,18 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from runyard.config import Experiment, RayParams, Search
-from runyard.data import DatasetInfo, dataset_info
+from runyard.data import DatasetInfo
 from runyard.tuning.space import apply, decode
 
 
-def run_trial(config: dict[str, Any], *, experiment: dict, splits, seed: int, storage_path: str) -> None:
+def run_trial(
+    config: dict[str, Any], *, experiment: dict, info: DatasetInfo, splits, seed: int, storage_path: str,
+) -> None:
     """Ray Tune's function trainable; ``config`` holds this trial's sampled values."""
     from runyard.execution.worker import _quiet_lightning
 
     _quiet_lightning()
     exp = Experiment.model_validate(experiment)
     trial = apply(exp, decode(config, exp.search))
-    info = dataset_info(exp.dataset)
     if exp.cv:
         _cross_validated(trial, exp.search, info, splits, seed)
     elif exp.search.workers_per_trial > 1:
