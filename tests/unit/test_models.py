@@ -49,6 +49,7 @@ def test_rnn_variants_change_size():
 # --------------------------------------------------------------------------- shapes
 
 MNIST1D, DIGITS, REGRESSION = ((40,), 10), ((1, 8, 8), 10), ((1,), 1)
+KARATE, GRAPHS = ((34, 70), 2), ((32, 50), 3)  # packed graphs: (N, N + F + 2)
 COMPATIBLE = {
     "logistic": [MNIST1D, DIGITS, REGRESSION],
     "mlp": [MNIST1D, DIGITS, REGRESSION],
@@ -58,6 +59,8 @@ COMPATIBLE = {
     "rnn": [MNIST1D, REGRESSION],
     "transformer": [MNIST1D, REGRESSION],
     "tcn": [MNIST1D, REGRESSION],
+    "gcn": [KARATE, GRAPHS],
+    "graph_mlp": [KARATE, GRAPHS],
 }
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]
 

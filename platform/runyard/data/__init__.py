@@ -14,12 +14,16 @@ DATASETS: dict[str, str] = {
     "mnist1d": "runyard.data.mnist1d",
     "digits": "runyard.data.digits",
     "regression1d": "runyard.data.regression1d",
+    "karate": "runyard.data.karate",
+    "graphs": "runyard.data.graphs",
 }
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "node_classification", "regression"]
+    """node_classification trains and scores like classification; its evaluator also
+    draws the graph (samples are nodes of one graph, see runyard.data.karate)."""
     input_shape: tuple[int, ...]
     num_classes: int | None = None
     """None for regression; the model's output size is then 1."""

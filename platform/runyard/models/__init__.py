@@ -22,6 +22,8 @@ MODELS: dict[str, str] = {
     "rnn": "runyard.models.components.rnn:RNN",
     "transformer": "runyard.models.components.attention:TransformerEncoder",
     "tcn": "runyard.models.components.tcn:TCN",
+    "gcn": "runyard.models.components.gcn:GCN",
+    "graph_mlp": "runyard.models.components.gcn:GraphMLP",
 }
 
 # Arguments the dataset fills in; a pipeline may not set them.
@@ -29,6 +31,7 @@ INJECTED = {"input_shape", "num_outputs"}
 
 METRICS = {
     "classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
+    "node_classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
 }
 

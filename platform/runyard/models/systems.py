@@ -71,4 +71,8 @@ class RegressorSystem(System):
 
 
 def system_for(task: str) -> type[System]:
-    return {"classification": ClassifierSystem, "regression": RegressorSystem}[task]
+    return {
+        "classification": ClassifierSystem,
+        "node_classification": ClassifierSystem,
+        "regression": RegressorSystem,
+    }[task]
