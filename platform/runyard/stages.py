@@ -112,6 +112,9 @@ def train(project: Project, name: str, resume: bool = False) -> str:
             )
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)
+        # Eval mode before logging: MLflow exports the module as it is (torch.export), so a
+        # train-mode module would serve with dropout on and batch norm on batch statistics.
+        net.eval()
         with status("logging the model"):
             model_uri = log_model(project, net, splits.x_test[:5])
             history = _history(client, run_id, info.task)
@@ -228,11 +231,14 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
     net, record = saved_model.load(model_dir, project.rel(model_dir))
     _, client = _tracking(project)
 
-    with torch.no_grad():
-        out = net(torch.from_numpy(splits.x_test)).numpy()
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
+    out = predict(splits.x_test)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=project.root))
     try:
-        values = EVALUATORS[info.task](name, info, splits, out, staging)
+        values = EVALUATORS[info.task](name, info, splits, out, staging, predict)
         plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
 
         run_id = record["run_id"]

@@ -50,6 +50,7 @@ def test_rnn_variants_change_size():
 
 MNIST1D, DIGITS, REGRESSION = ((40,), 10), ((1, 8, 8), 10), ((1,), 1)
 SHAPES, SHAPES_SEG = ((1, 16, 16), 3), ((1, 16, 16), 4)
+KARATE, GRAPHS = ((34, 70), 2), ((32, 50), 3)  # packed graphs: (N, N + F + 2)
 COMPATIBLE = {
     "logistic": [MNIST1D, DIGITS, REGRESSION],
     "mlp": [MNIST1D, DIGITS, REGRESSION],
@@ -60,6 +61,8 @@ COMPATIBLE = {
     "transformer": [MNIST1D, REGRESSION],
     "tcn": [MNIST1D, REGRESSION],
     "unet": [DIGITS, SHAPES_SEG],
+    "gcn": [KARATE, GRAPHS],
+    "graph_mlp": [KARATE, GRAPHS],
 }
 SEGMENTERS = {"unet"}  # one score map per class: (num_outputs, height, width)
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]

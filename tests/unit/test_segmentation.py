@@ -135,7 +135,7 @@ def test_segmentation_evaluator_writes_metrics_and_mask_grid(tmp_path):
     s = shapes_seg.build(shapes_seg.Args(size=16, train_samples=3, val_samples=3, test_samples=10), seed=0)
     info = dataset_info("shapes_seg", shapes_seg.Args(size=16))
     perfect = 5 * F.one_hot(torch.tensor(s.y_test).long(), 4).permute(0, 3, 1, 2).numpy()
-    values = EVALUATORS["segmentation"]("shapes_unet", info, s, perfect, tmp_path)
+    values = EVALUATORS["segmentation"]("shapes_unet", info, s, perfect, tmp_path, lambda x: perfect)
     assert values == {"test/iou": 1.0, "test/dice": 1.0, "test/pixel_acc": 1.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "masks.png"]
     assert (tmp_path / "masks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

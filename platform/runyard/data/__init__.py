@@ -18,12 +18,16 @@ DATASETS: dict[str, str] = {
     "regression1d": "runyard.data.regression1d",
     "shapes": "runyard.data.shapes",
     "shapes_seg": "runyard.data.shapes_seg",
+    "karate": "runyard.data.karate",
+    "graphs": "runyard.data.graphs",
 }
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    task: Literal["classification", "regression", "segmentation"]
+    task: Literal["classification", "node_classification", "regression", "segmentation"]
+    """node_classification trains and scores like classification; its evaluator also
+    draws the graph (samples are nodes of one graph, see runyard.data.karate)."""
     input_shape: tuple[int, ...]
     num_classes: int | None = None
     """None for regression; the model's output size is then 1. For segmentation, the

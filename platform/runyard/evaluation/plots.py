@@ -52,6 +52,34 @@ def masks(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label)
     fig.suptitle(title)
+def graph_predictions(adjacency: np.ndarray, nodes: np.ndarray, pred: np.ndarray, actual: np.ndarray,
+                      roles: np.ndarray, title: str, out: Path) -> None:
+    """One graph, each node filled with its predicted class: labelled (train) nodes are
+    squares, validation nodes triangles, test nodes circles; wrong predictions get a red ring."""
+    import networkx as nx
+
+    g = nx.from_numpy_array(adjacency)
+    pos = nx.spring_layout(g, seed=0)
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    nx.draw_networkx_edges(g, pos, ax=ax, alpha=0.3)
+    for role, shape in (("train", "s"), ("val", "^"), ("test", "o")):
+        idx = np.flatnonzero(roles == role)
+        wrong = pred[idx] != actual[idx]
+        nx.draw_networkx_nodes(
+            g, pos, nodelist=nodes[idx].tolist(), node_shape=shape, ax=ax, node_size=260,
+            node_color=[cmap(int(c) % 10) for c in pred[idx]],
+            edgecolors=["red" if w else "black" for w in wrong], linewidths=[2.5 if w else 0.6 for w in wrong],
+        )
+    nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(c), label=f"predicted class {c}")
+               for c in sorted({int(c) for c in pred})]
+    handles += [plt.Line2D([], [], ls="", marker=m, mfc="white", mec="black", label=label)
+                for m, label in (("s", "labelled (train)"), ("^", "validation"), ("o", "test"))]
+    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="white", mec="red", mew=2.5, label="wrong"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set(title=title)
+    ax.axis("off")
     _save(fig, out)
 
 

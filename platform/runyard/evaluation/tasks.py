@@ -2,6 +2,8 @@
 
 ``EVALUATORS`` maps a dataset's task to a function that writes its files into a
 staging dir and returns the test metrics. A new task is one function and one entry.
+Each gets the test outputs, and ``predict`` for any other inputs it wants to show
+(the node classifier draws the whole graph, train and validation nodes included).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from runyard.data.splits import Splits
 from runyard.evaluation import metrics as test_metrics
 from runyard.evaluation import plots
 
+Predict = Callable[[np.ndarray], np.ndarray]
+"""The trained model's outputs for a batch of inputs of the dataset's shape."""
 
-def classification(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path) -> dict:
+
+def classification(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path,
+                   predict: Predict) -> dict:
     pred = out.argmax(1)
     values, cm = test_metrics.classification(splits.y_test, pred, info.num_classes)
     plots.confusion(cm, f"{name}: test confusion", staging / "confusion.png")
@@ -27,7 +33,26 @@ def classification(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray
     return values
 
 
-def regression(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path) -> dict:
+def node_classification(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path,
+                        predict: Predict) -> dict:
+    """Classification metrics on the test nodes, plus the graph coloured by predicted class."""
+    from runyard.data import graph_format
+
+    values = classification(name, info, splits, out, staging, predict)
+    x = np.concatenate([splits.x_train, splits.x_val, splits.x_test])
+    roles = np.repeat(["train", "val", "test"], [len(splits.y_train), len(splits.y_val), len(splits.y_test)])
+    n, f = graph_format.layout(x.shape[1:])
+    real = x[0, :, n + f] > 0.5
+    plots.graph_predictions(
+        x[0, :, :n][np.ix_(real, real)], graph_format.query_nodes(x), predict(x).argmax(1),
+        np.concatenate([splits.y_train, splits.y_val, splits.y_test]), roles,
+        f"{name}: predicted class (test acc {values['test/acc']:.2f})", staging / "graph.png",
+    )
+    return values
+
+
+def regression(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path,
+               predict: Predict) -> dict:
     values = test_metrics.regression(splits.y_test, out)
     plots.fit(splits.x_test, splits.y_test, out, f"{name}: fit", staging / "fit.png")
     write_csv(staging / "fit.csv", ["x", "target", "prediction"],
@@ -40,7 +65,8 @@ MASK_SAMPLES = 8
 """Test images shown in the segmentation grid (the first ones of the split)."""
 
 
-def segmentation(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path) -> dict:
+def segmentation(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path,
+                 predict: Predict) -> dict:
     pred = out.argmax(1)
     values, cm = test_metrics.segmentation(splits.y_test, pred, info.num_classes)
     k = MASK_SAMPLES
@@ -50,10 +76,11 @@ def segmentation(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, 
     return values
 
 
-Evaluator = Callable[[str, DatasetInfo, Splits, np.ndarray, Path], dict]
+Evaluator = Callable[[str, DatasetInfo, Splits, np.ndarray, Path, Predict], dict]
 
 EVALUATORS: dict[str, Evaluator] = {
     "classification": classification,
+    "node_classification": node_classification,
     "regression": regression,
     "segmentation": segmentation,
 }

@@ -23,6 +23,8 @@ MODELS: dict[str, str] = {
     "transformer": "runyard.models.components.attention:TransformerEncoder",
     "tcn": "runyard.models.components.tcn:TCN",
     "unet": "runyard.models.components.unet:UNet",
+    "gcn": "runyard.models.components.gcn:GCN",
+    "graph_mlp": "runyard.models.components.gcn:GraphMLP",
 }
 
 # Arguments the dataset fills in; a pipeline may not set them.
@@ -30,6 +32,7 @@ INJECTED = {"input_shape", "num_outputs"}
 
 METRICS = {
     "classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
+    "node_classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
     "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
 }

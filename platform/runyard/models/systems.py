@@ -87,6 +87,7 @@ class SegmenterSystem(System):
 
 SYSTEMS: dict[str, type[System]] = {
     "classification": ClassifierSystem,
+    "node_classification": ClassifierSystem,
     "regression": RegressorSystem,
     "segmentation": SegmenterSystem,
 }

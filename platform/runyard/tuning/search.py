@@ -182,10 +182,13 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     net = build_model(_best_model_spec(exp, config), info.input_shape, info.num_outputs)
     net.load_state_dict(_refit(exp, config, info, splits, seed) if exp.cv else _best_weights(best))
     net.eval()
-    with torch.no_grad():
-        out = net(torch.from_numpy(splits.x_test)).numpy()
+
+    def predict(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
     with tempfile.TemporaryDirectory() as staging:
-        test = EVALUATORS[info.task](exp.name, info, splits, out, Path(staging))
+        test = EVALUATORS[info.task](exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
         mlflow.log_artifacts(staging, "evaluation")
     mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
     mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
