@@ -100,6 +100,19 @@ def prepared(project_dir, _prepared_data) -> Path:
     return project_dir
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread. Small models are barely slower on idle cores and far faster
+    on busy ones: two OpenMP threads fighting other processes measured 2x (sequence
+    models) to 15x (a tiny U-Net) slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def one_line_error(result) -> str:
     """Assert the CLI failed the runyard way (exit 2, exactly one error line); return that line."""
     assert result.returncode == 2, (result.stdout + result.stderr)[-2000:]

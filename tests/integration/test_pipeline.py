@@ -148,9 +148,10 @@ def _run_status(root: Path) -> list[str]:
 def test_failed_training_ends_run_failed_and_writes_nothing(prepared):
     import numpy as np
 
-    # A real failure inside the Ray worker: the data no longer fits the model.
-    x = np.load(prepared / "data/regression1d/x_train.npy")
-    np.save(prepared / "data/regression1d/x_train.npy", np.concatenate([x, x], axis=1))
+    # A real failure inside the Ray worker: more targets than inputs, so a batch indexes
+    # past the inputs. (Inputs of the wrong shape are refused before any run exists.)
+    y = np.load(prepared / "data/regression1d/y_train.npy")
+    np.save(prepared / "data/regression1d/y_train.npy", np.concatenate([y, y]))
     result = runyard_cli("train", "regression1d_shallow", cwd=prepared)
     assert result.returncode != 0
     assert _run_status(prepared) == ["FAILED"]

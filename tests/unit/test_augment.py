@@ -14,6 +14,8 @@ from runyard.data.augment import augment, transform
 from runyard.data.loaders import SplitsDataModule, TensorBatches
 from tests.conftest import assert_one_line_config_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ON = Augment(shift=2, rotate_deg=20, noise=0.1)
 
 

@@ -17,6 +17,8 @@ from runyard.evaluation.tasks import EVALUATORS
 from runyard.models import METRICS, build_model, check_model_fits
 from runyard.models.systems import SegmenterSystem
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # --------------------------------------------------------------------------- IoU and Dice
 
 # Two 4x4 masks, classes 0 (background), 1 and 2.
@@ -145,14 +147,6 @@ def test_segmentation_evaluator_writes_metrics_and_mask_grid(tmp_path):
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fit(dataset: str, splits, model: dict, recipe: dict, metric: str) -> tuple[float, float]:
     """Validation ``metric`` untrained and after training, in-process Lightning (no Ray)."""
     from runyard.data.loaders import SplitsDataModule
@@ -181,7 +175,7 @@ def fit(dataset: str, splits, model: dict, recipe: dict, metric: str) -> tuple[f
 # Each threshold sits in the middle of its gap.
 
 
-def test_unet_learns_to_segment_shapes(one_thread):
+def test_unet_learns_to_segment_shapes():
     s = shapes_seg.build(shapes_seg.Args(size=16, train_samples=256, val_samples=128, test_samples=3,
                                          max_shapes=2, min_radius=0.2, max_radius=0.3), seed=0)
     assert segmentation(s.y_val, np.zeros_like(s.y_val), 4)[0]["test/iou"] == 0.0  # all background
@@ -190,7 +184,7 @@ def test_unet_learns_to_segment_shapes(one_thread):
     assert before < 0.35 <= after, (before, after)
 
 
-def test_shapes_cnn_learns_to_classify(one_thread):
+def test_shapes_cnn_learns_to_classify():
     """With augmentation on: it must not keep the net from learning."""
     s = shapes.build(shapes.Args(size=16, train_samples=600, val_samples=150, test_samples=3,
                                  min_radius=0.2, max_radius=0.35), seed=0)

@@ -131,16 +131,6 @@ LEARN_EPOCHS = {"gru": 15, "lstm": 15, "transformer": 8, "tcn": 12}
 THRESHOLD = 0.25
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one thread is barely slower on idle cores and far faster on busy ones
-    (two threads fighting other processes measured 2x slower overall)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_mnist1d():
     from runyard.data.mnist1d import Args, build

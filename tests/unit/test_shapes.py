@@ -14,6 +14,8 @@ from runyard.errors import RunyardError
 from runyard.stages import load_inputs, prepare
 from tests.conftest import assert_one_line_config_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(size=16, train_samples=30, val_samples=9, test_samples=12)
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -52,6 +52,9 @@ def masks(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label)
     fig.suptitle(title)
+    _save(fig, out)
+
+
 def graph_predictions(adjacency: np.ndarray, nodes: np.ndarray, pred: np.ndarray, actual: np.ndarray,
                       roles: np.ndarray, title: str, out: Path) -> None:
     """One graph, each node filled with its predicted class: labelled (train) nodes are
