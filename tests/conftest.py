@@ -22,6 +22,9 @@ PROJECT_FILES = ("params.yaml", "dvc.yaml", "pipelines", ".dvc/config", ".dvc/.g
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# As the `runyard` command does (cli.main), before any test imports scikit-learn.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def copy_project(dest: Path) -> Path:
     for rel in PROJECT_FILES:

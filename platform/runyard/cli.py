@@ -249,6 +249,10 @@ def main() -> None:
     # MLflow runs are ended (KILLED) instead of left RUNNING.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # OpenMP threads (scikit-learn's gradient boosting) sleep instead of spinning while they
+    # wait: on CPUs shared with other work, spinning threads made a 2 s fit take a minute.
+    # Read once when the OpenMP runtime loads, so set before anything imports scikit-learn.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except RunyardError as e:

@@ -224,7 +224,8 @@ class Experiment(Strict):
     dataset: str
     model: dict[str, Any]
     """``name`` picks the component; every other key is one of its constructor's arguments."""
-    recipe: Recipe
+    recipe: Recipe | None = None
+    """Required for deep models; not allowed for classical (scikit-learn) ones, which fit in one go."""
     optimized_metric: str = "val/acc"
     """The one metric training, tuning and registration all optimise."""
     optimized_mode: Literal["max", "min"] = "max"
@@ -352,13 +353,14 @@ class Project:
         raw = read_yaml(path, where)
         if isinstance(raw, dict) and "name" in raw:
             raise RunyardError(f"{where}: name: not allowed; the file name is the experiment name")
+        _refuse_classical_recipe(raw, where)
         exp = validate(Experiment, {"name": name, **(raw or {})}, where)
         self._check_experiment(exp, where)
         return exp
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
         from runyard.data import DATASETS
-        from runyard.models import check_model_fits, check_model_spec, metrics_for
+        from runyard.models import check_model_fits, check_model_spec, is_classical, metrics_for
 
         if exp.dataset not in DATASETS:
             raise RunyardError(
@@ -375,18 +377,22 @@ class Project:
             raise RunyardError(f"{self.rel(self.params_file)}: searches.{exp.name}: {where} has no search: section")
         info = self.dataset_info(exp.dataset)
         check_model_spec(exp.model, where=f"{where}: model")
+        classical = is_classical(exp.model_name)
+        if not classical and exp.recipe is None:
+            raise RunyardError(f"{where}: recipe: required key is missing (model {exp.model_name} is trained with one)")
         check_model_fits(exp.model, info, exp.dataset, where=f"{where}: model")
-        if exp.recipe.augment is not None and len(info.input_shape) != 3:
+        if exp.recipe is not None and exp.recipe.augment is not None and len(info.input_shape) != 3:
             raise RunyardError(
                 f"{where}: recipe.augment: needs images (channels, height, width); "
                 f"{exp.dataset} inputs have shape {tuple(info.input_shape)}"
             )
         task = info.task
-        allowed = metrics_for(task)
+        allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:
+            logged_by = f"classical model {exp.model_name}" if classical else f"a {task} dataset"
             raise RunyardError(
-                f"{where}: optimized_metric: {exp.optimized_metric!r} is not logged for a "
-                f"{task} dataset; allowed: {', '.join(allowed)}"
+                f"{where}: optimized_metric: {exp.optimized_metric!r} is not logged for "
+                f"{logged_by}; allowed: {', '.join(allowed)}"
             )
         if exp.search:
             from runyard.tuning.space import check_space
@@ -395,6 +401,21 @@ class Project:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _refuse_classical_recipe(raw: Any, where: str) -> None:
+    """A scikit-learn model has no optimizer, epochs or batches: a recipe for one is a mistake.
+
+    Checked on the raw YAML, so even an empty or half-written recipe gets this message."""
+    if not (isinstance(raw, dict) and "recipe" in raw and isinstance(raw.get("model"), dict)):
+        return
+    from runyard.models import is_classical
+
+    name = raw["model"].get("name")
+    if is_classical(name):
+        raise RunyardError(
+            f"{where}: recipe: not used by {name}, a scikit-learn model fitted in one go; remove the section"
+        )
 
 
 def read_yaml(path: Path, where: str) -> Any:

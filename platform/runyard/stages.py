@@ -72,10 +72,19 @@ def load_inputs(project: Project, name: str):
 
 
 def train(project: Project, name: str, resume: bool = False) -> str:
-    """Train one experiment on Ray; return the MLflow run id."""
+    """Train one experiment on Ray (a classical model: fit it here); return the MLflow run id."""
+    from runyard.models import is_classical
+
     params = project.params
     exp, info, splits = load_inputs(project, name)
     uri = tracking_uri(project)
+    if is_classical(exp.model_name):
+        if resume:
+            raise RunyardError(
+                f"--resume: {name} is a scikit-learn model fitted in one go; nothing to resume, "
+                f"run `runyard train {name}` again"
+            )
+        return _train_classical(project, exp, info, splits, uri)
     # Heavy imports only once the cheap checks have passed: bad input fails in a blink.
     from runyard.execution import ray_session
     from runyard.execution.trainer import discard_storage, fit
@@ -145,6 +154,79 @@ def _cross_validate(client, run_id: str, exp: Experiment, info, splits, params) 
     per_fold = [Metric(f"cv/fold/{k}", v, now, i) for i, r in enumerate(results) for k, v in r.items()]
     summary = [Metric(k, v, now, 0) for k, v in summarise(results).items()]
     client.log_batch(run_id, metrics=per_fold + summary)
+
+
+def _train_classical(project: Project, exp: Experiment, info, splits, uri: str) -> str:
+    """One scikit-learn fit in this process (no Ray), tracked like a deep training:
+    one MLflow run with the same params and lineage tags, the model in the sklearn
+    flavour, and models/<exp>/ written atomically only once everything else worked."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from runyard.execution import classical
+    from runyard.models import check_model_spec, metrics_for
+    from runyard.models import saved as saved_model
+    from runyard.models.classical import flatten
+    from runyard.tracking.lineage import lineage_tags
+    from runyard.tracking.runs import ensure_experiment, tracked_run, use_tracking
+    from runyard.tracking.uri import artifact_location
+
+    name, params = exp.name, project.params
+    client = use_tracking(uri)
+    exp_id = ensure_experiment(
+        client, name, artifact_location(params.mlflow.artifact_root, project.root, name)
+    )
+    # The model as fitted: every argument of its factory, defaults included.
+    model = {"name": exp.model_name, **check_model_spec(exp.model, where="model")}
+    run_params = {
+        **exp.model_dump(mode="json", exclude={"name", "description", "recipe"}),
+        "model": model, "seed": params.seed,
+    }
+    tags = lineage_tags(project.root, exp.dataset, exp.digest(), classical.RAY_ADDRESS)
+    with tracked_run(exp_id, name, run_params, tags) as run_id:
+        with status(f"fitting {exp.model_name} on {exp.dataset}"):
+            result = classical.fit(exp, splits, params.seed)
+        now = int(time.time() * 1000)
+        values = {**result.metrics, "fit/seconds": result.seconds}
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+        with status("logging the model"):
+            model_uri = _log_sklearn_model(result.estimator, flatten(splits.x_test[:5]))
+        history = {k: [(0, result.metrics[k])] for k in metrics_for(info.task, exp.model_name)}
+        record = {
+            "experiment": name, "run_id": run_id, "model_uri": model_uri,
+            "model": exp.model, "input_shape": list(info.input_shape),
+            "num_outputs": info.num_outputs, "task": info.task,
+            "tracking_uri": params.tracking_uri,
+        }
+        saved_model.save_estimator(
+            project.model_dir(name), result.estimator, record,
+            extra_files={"history.csv": _history_csv(history)},
+        )
+    return run_id
+
+
+def _log_sklearn_model(estimator, example: np.ndarray) -> str:
+    """MLflow's sklearn flavour in the skops format (loading runs no pickled code).
+
+    The model takes flat features: a digits image is its 64 pixels in a row."""
+    import mlflow.sklearn
+    import sklearn
+    import skops
+    from mlflow.models import infer_signature
+
+    from runyard.models.classical import SKOPS_TRUSTED
+
+    info = mlflow.sklearn.log_model(
+        estimator,
+        name="model",
+        signature=infer_signature(example, estimator.predict(example)),
+        input_example=example,
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED,
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", "numpy"],
+    )
+    return info.model_uri
 
 
 def total_epochs(exp: Experiment, splits) -> int:
@@ -220,26 +302,21 @@ def _log_learning_curve(name: str, history) -> None:
 
 def evaluate(project: Project, name: str) -> dict[str, float]:
     """Test-split metrics -> metrics/<exp>.json, plots -> plots/<exp>/, both into MLflow."""
-    import torch
-
     from runyard.evaluation import plots
     from runyard.evaluation.tasks import EVALUATORS
     from runyard.models import saved as saved_model
 
     exp, info, splits = load_inputs(project, name)
     model_dir = project.model_dir(name)
-    net, record = saved_model.load(model_dir, project.rel(model_dir))
+    predict, record = saved_model.load_predictor(model_dir, project.rel(model_dir))
     _, client = _tracking(project)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(x)).numpy()
 
     out = predict(splits.x_test)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=project.root))
     try:
         values = EVALUATORS[info.task](name, info, splits, out, staging, predict)
-        plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
+        if not saved_model.is_classical(record):  # a single fit has no curve to draw
+            plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
 
         run_id = record["run_id"]
         for key, value in values.items():
@@ -278,10 +355,7 @@ def register(project: Project, name: str):
 
     exp: Experiment = project.experiment(name)
     model_dir = project.model_dir(name)
-    record_file = model_dir / saved_model.RECORD
-    if not record_file.is_file():
-        raise RunyardError(f"{project.rel(model_dir)}: no trained model; run `dvc repro train@{name}`")
-    record = json.loads(record_file.read_text())
+    record = saved_model.read_record(model_dir, project.rel(model_dir))
     _, client = _tracking(project)
     return registry.register(
         client, name, record["model_uri"], record["run_id"], exp.optimized_metric,

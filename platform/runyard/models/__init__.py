@@ -1,17 +1,21 @@
 """Model registry: a name in a pipeline's ``model:`` section -> a component (lazy import).
 
-Adding an architecture = one component here and one line in MODELS; the
-classifier / regressor / segmenter systems train any of them.
+Two families share one namespace and one validation:
+- deep (``MODELS``): an ``nn.Module`` trained by the classifier / regressor / segmenter systems on Ray Train;
+- classical (``CLASSICAL``): a typed factory of a scikit-learn estimator, fitted in one go.
+
+Adding an architecture = one component (or factory) and one line here.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from runyard.errors import RunyardError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODELS: dict[str, str] = {
     "logistic": "runyard.models.components.mlp:LogisticRegression",
@@ -27,6 +31,16 @@ MODELS: dict[str, str] = {
     "graph_mlp": "runyard.models.components.gcn:GraphMLP",
 }
 
+CLASSICAL: dict[str, str] = {
+    "decision_tree": "runyard.models.classical:decision_tree",
+    "random_forest": "runyard.models.classical:random_forest",
+    "gradient_boosting": "runyard.models.classical:gradient_boosting",
+    "svm": "runyard.models.classical:svm",
+    "knn": "runyard.models.classical:knn",
+}
+
+ALL_MODELS: dict[str, str] = {**MODELS, **CLASSICAL}
+
 # Arguments the dataset fills in; a pipeline may not set them.
 INJECTED = {"input_shape", "num_outputs"}
 
@@ -36,30 +50,41 @@ METRICS = {
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
     "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
 }
+# A classical fit has no loss curve: accuracy on the training and validation splits, once.
+CLASSICAL_METRICS = ("val/acc", "train/acc")
 
 
-def metrics_for(task: str) -> tuple[str, ...]:
-    return METRICS[task]
+def is_classical(name: Any) -> bool:
+    return name in CLASSICAL
+
+
+def metrics_for(task: str, model: str | None = None) -> tuple[str, ...]:
+    """The metrics a training logs (and so the allowed ``optimized_metric`` values)."""
+    return CLASSICAL_METRICS if is_classical(model) else METRICS[task]
 
 
 def component(name: str):
-    if name not in MODELS:
-        raise RunyardError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
-    module, attr = MODELS[name].split(":")
+    if name not in ALL_MODELS:
+        raise RunyardError(f"unknown model {name!r}; allowed: {', '.join(ALL_MODELS)}")
+    module, attr = ALL_MODELS[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate a ``model:`` section against its component's signature; return typed kwargs."""
+    from pydantic import ValidationError
+
     from runyard.config import format_validation_error, kwargs_model
 
     name = spec.get("name")
-    if name not in MODELS:
-        raise RunyardError(f"{where}.name: unknown model {name!r}; allowed: {', '.join(MODELS)}")
-    args_model = kwargs_model(component(name), skip=INJECTED)
+    if name not in ALL_MODELS:
+        raise RunyardError(f"{where}.name: unknown model {name!r}; allowed: {', '.join(ALL_MODELS)}")
+    if is_classical(name):
+        from runyard.models.classical import INJECTED as skip
+    else:
+        skip = INJECTED
+    args_model = kwargs_model(component(name), skip=skip)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    from pydantic import ValidationError
-
     try:
         return args_model.model_validate(kwargs).model_dump()
     except ValidationError as e:
@@ -69,6 +94,19 @@ def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
 def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> None:
     """Build the model and run two dummy samples through it: a model that cannot take
     the dataset's inputs fails here, in a blink, not on a Ray worker after a run exists."""
+    if is_classical(spec["name"]):
+        # Any input shape fits (it is flattened); scikit-learn checks its arguments only at
+        # fit time, and check_model_spec has checked them already.
+        if info.task != "classification":
+            from runyard.data import DATASETS, dataset_info
+
+            fitting = [d for d in DATASETS if dataset_info(d).task == "classification"]
+            raise RunyardError(
+                f"{where}: {spec['name']} is a classifier and {dataset} is a {info.task} dataset; "
+                f"allowed datasets: {', '.join(fitting)}"
+            )
+        return
+
     import torch
 
     try:
@@ -90,5 +128,15 @@ def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> No
 
 
 def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    if is_classical(spec.get("name")):
+        raise RunyardError(f"model {spec['name']!r} is a scikit-learn estimator: use build_estimator")
     kwargs = check_model_spec(spec, where="model")
     return component(spec["name"])(tuple(input_shape), num_outputs, **kwargs)
+
+
+def build_estimator(spec: dict[str, Any], seed: int):
+    """An unfitted scikit-learn estimator for a classical ``model:`` section."""
+    if not is_classical(spec.get("name")):
+        raise RunyardError(f"model {spec.get('name')!r} is not a classical model; allowed: {', '.join(CLASSICAL)}")
+    kwargs = check_model_spec(spec, where="model")
+    return component(spec["name"])(seed, **kwargs)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-PACKAGES = ("runyard", "torch", "lightning", "ray", "mlflow", "dvc", "numpy")
+PACKAGES = ("runyard", "torch", "lightning", "ray", "mlflow", "dvc", "numpy", "scikit-learn", "skops")
 
 
 def git_state(root: Path) -> dict[str, str]:
