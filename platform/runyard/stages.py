@@ -128,14 +128,8 @@ def train(project: Project, name: str, resume: bool = False) -> str:
             model_uri = log_model(project, net, splits.x_test[:5])
             history = _history(client, run_id, info.task)
             _log_learning_curve(name, history)
-        record = {
-            "experiment": name, "run_id": run_id, "model_uri": model_uri,
-            "model": exp.model, "input_shape": list(info.input_shape),
-            "num_outputs": info.num_outputs, "task": info.task,
-            "tracking_uri": params.tracking_uri,
-        }
         saved_model.save(
-            project.model_dir(name), result.state_dict, record,
+            project.model_dir(name), result.state_dict, _record(project, exp, info, run_id, model_uri),
             extra_files={"history.csv": _history_csv(history)},
         )
     discard_storage(storage, name, run_id)
@@ -193,14 +187,8 @@ def _train_classical(project: Project, exp: Experiment, info, splits, uri: str) 
         with status("logging the model"):
             model_uri = _log_sklearn_model(result.estimator, flatten(splits.x_test[:5]))
         history = {k: [(0, result.metrics[k])] for k in metrics_for(info.task, exp.model_name)}
-        record = {
-            "experiment": name, "run_id": run_id, "model_uri": model_uri,
-            "model": exp.model, "input_shape": list(info.input_shape),
-            "num_outputs": info.num_outputs, "task": info.task,
-            "tracking_uri": params.tracking_uri,
-        }
         saved_model.save_estimator(
-            project.model_dir(name), result.estimator, record,
+            project.model_dir(name), result.estimator, _record(project, exp, info, run_id, model_uri),
             extra_files={"history.csv": _history_csv(history)},
         )
     return run_id
@@ -227,6 +215,16 @@ def _log_sklearn_model(estimator, example: np.ndarray) -> str:
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", "numpy"],
     )
     return info.model_uri
+
+
+def _record(project: Project, exp: Experiment, info, run_id: str, model_uri: str) -> dict:
+    """What models/<exp>/ says about the model: where it was logged and what it takes."""
+    return {
+        "experiment": exp.name, "run_id": run_id, "model_uri": model_uri,
+        "model": exp.model, "input_shape": list(info.input_shape),
+        "num_outputs": info.num_outputs, "task": info.task,
+        "tracking_uri": project.params.tracking_uri,
+    }
 
 
 def total_epochs(exp: Experiment, splits) -> int:
