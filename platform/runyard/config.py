@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from runyard.errors import RunyardError
 
@@ -469,6 +478,19 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
     fields = getattr(current, "model_fields", {})
     return [fi.alias or f for f, fi in fields.items() if f != "name" or current is not Experiment]
+
+
+def at_least(lower: str, upper: str):
+    """A field validator for ``upper``: it may not be below ``lower`` (declared before it).
+    A field validator, not a model validator, so the error names the key it is about."""
+
+    def check(cls, value, info: ValidationInfo):
+        low = info.data.get(lower)
+        if low is not None and value < low:
+            raise ValueError(f"must be at least {lower} ({low})")
+        return value
+
+    return field_validator(upper)(classmethod(check))
 
 
 def kwargs_model(fn, skip: set[str]) -> type[BaseModel]:

@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from runyard.config import at_least
 from runyard.data import DatasetInfo
 from runyard.data.graph_format import pack, sample_shape
 from runyard.data.splits import Splits
@@ -54,15 +55,9 @@ class Args(BaseModel):
         """Validation and test graphs per class."""
         return _held_out(self.graphs_per_class, self.val_fraction, self.test_fraction)
 
-    # Field validators (not a model validator) so an error names the key it is about.
-    @field_validator("max_nodes")
-    @classmethod
-    def _at_least_min_nodes(cls, v: int, info: ValidationInfo) -> int:
-        low = info.data.get("min_nodes")
-        if low is not None and v < low:
-            raise ValueError(f"must be at least min_nodes ({low})")
-        return v
+    _max_nodes_at_least_min = at_least("min_nodes", "max_nodes")
 
+    # A field validator (not a model validator) so an error names the key it is about.
     @field_validator("test_fraction")
     @classmethod
     def _leaves_training_graphs(cls, v: float, info: ValidationInfo) -> float:

@@ -23,8 +23,9 @@ import math
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from runyard.config import at_least
 from runyard.data import DatasetInfo
 from runyard.data.splits import SPLITS, Splits
 
@@ -51,13 +52,7 @@ class Args(BaseModel):
     noise: Annotated[float, Field(ge=0)] = 0.1
     """Std of the Gaussian noise added to every pixel."""
 
-    @field_validator("max_radius")
-    @classmethod
-    def _at_least_min_radius(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("min_radius")
-        if low is not None and value < low:
-            raise ValueError(f"must be at least min_radius ({low})")
-        return value
+    _max_radius_at_least_min = at_least("min_radius", "max_radius")
 
     def samples(self, split: str) -> int:
         return getattr(self, f"{split}_samples")

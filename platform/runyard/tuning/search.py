@@ -167,7 +167,7 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     from runyard.evaluation.tasks import EVALUATORS
     from runyard.models import build_model
     from runyard.tuning.children import OUTCOME_TAG
-    from runyard.tuning.space import decode
+    from runyard.tuning.space import apply, decode
 
     metric, mode = exp.optimized_metric, exp.optimized_mode
     outcomes = [r.data.tags.get(OUTCOME_TAG, "running") for r in children.children()]
@@ -179,7 +179,7 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     if best is None or best.metrics.get(metric) is None:
         raise RunyardError(f"{exp.name}: no trial reported {metric}; see the child runs' errors in MLflow")
     config = decode(best.config, exp.search)
-    net = build_model(_best_model_spec(exp, config), info.input_shape, info.num_outputs)
+    net = build_model(apply(exp, config).model, info.input_shape, info.num_outputs)
     net.load_state_dict(_refit(exp, config, info, splits, seed) if exp.cv else _best_weights(best))
     net.eval()
 
@@ -198,12 +198,6 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     return {"experiment": exp.name, "parent_run_id": parent, "metric": metric, "best_value": best.metrics[metric],
             "best_config": config, "best_trial": best.metrics.get("trial_id"), "test": test,
             "trials": len(outcomes), **counts, "model_uri": model_uri}
-
-
-def _best_model_spec(exp: Experiment, config: dict[str, Any]) -> dict[str, Any]:
-    from runyard.tuning.space import apply
-
-    return apply(exp, config).model
 
 
 def _refit(exp: Experiment, config: dict[str, Any], info, splits, seed: int) -> dict[str, torch.Tensor]:
