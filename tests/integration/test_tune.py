@@ -41,10 +41,14 @@ def write_search(root: Path, num_samples: int, epochs: int) -> None:
     }))
 
 
-def client(root: Path):
+def client_at(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return MlflowClient(uri)
+
+
+def client(root: Path):
+    return client_at(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
 
 
 def search_runs(root: Path, name: str = NAME):
@@ -135,3 +139,25 @@ def test_resume_without_an_interrupted_search_is_an_error(prepared):
     result = runyard_cli("tune", NAME, "--resume", cwd=prepared)
     assert result.returncode == 2
     assert "--resume: no interrupted search" in result.stderr
+
+
+def test_resumed_search_drops_children_of_trials_tune_forgot(tmp_path):
+    """A trial started after Tune's last state save is unknown to the restored search,
+    which runs a new trial instead: the forgotten child must not stay as an extra one."""
+    from types import SimpleNamespace
+
+    from runyard.tuning.children import TRIAL_TAG, ChildRuns
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client_at(uri)
+    exp_id = c.create_experiment("s")
+    parent = c.create_run(exp_id).info.run_id
+    for trial_id, status in (("kept", "FINISHED"), ("forgotten", "RUNNING")):
+        run = c.create_run(exp_id, tags={"mlflow.parentRunId": parent, TRIAL_TAG: trial_id})
+        if status == "FINISHED":
+            c.set_terminated(run.info.run_id)
+    children = ChildRuns(uri, exp_id, parent, max_epochs=3)
+    children.on_step_begin(0, [SimpleNamespace(trial_id="kept")])
+    children.on_step_begin(1, [])  # only the first step of a resumed search decides
+    assert [r.data.tags[TRIAL_TAG] for r in children.children()] == ["kept"]
+    assert children.runs.keys() == {"kept"}

@@ -32,6 +32,9 @@ TRAIN_ENV = {
     # Ctrl-C is an interruption (runs end KILLED, `--resume` continues), not Tune's
     # graceful stop that would return a partial search as if it were done.
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # Save Tune's experiment state every second (default: every 10 s or more), so a
+    # killed search forgets at most a second of trial starts; children.py cleans up those.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
 }
 
 

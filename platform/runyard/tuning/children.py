@@ -4,7 +4,10 @@ Trials report to Tune; this Tune callback (which runs in the driver) turns each
 report into MLflow metrics. Only one process ever writes to the tracking store,
 so concurrent trials cannot lock a sqlite database or interleave a run's
 epochs. A resumed search finds each trial's child run again by its trial-id tag
-and skips epochs it already logged: one child per trial, no epoch twice.
+and skips epochs it already logged: one child per trial, no epoch twice. A trial started
+after Tune last saved its state is unknown to the restored search, which asks
+its searcher for a new one instead: the forgotten trial's child is deleted
+(MLflow's soft delete), so the parent keeps exactly one child per trial.
 """
 
 from __future__ import annotations
@@ -36,11 +39,23 @@ class ChildRuns(Callback):
             self.runs[run.data.tags[TRIAL_TAG]] = run.info.run_id
             if run.info.status != RUNNING:
                 self.ended.add(run.data.tags[TRIAL_TAG])
+        self.restored = False
 
     def children(self) -> list:
         return self.client.search_runs(
             [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent}'", max_results=10_000,
         )
+
+    def on_step_begin(self, iteration, trials, **info):
+        # Tune restores its trials before its first step: any child it does not know of
+        # belongs to a trial started after its last state save, which the search forgot.
+        if self.restored:
+            return
+        self.restored = True
+        known = {t.trial_id for t in trials}
+        for trial_id in [t for t in self.runs if t not in known]:
+            self.client.delete_run(self.runs.pop(trial_id))
+            self.ended.discard(trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
