@@ -69,6 +69,14 @@ class TuneParams(Strict):
     """Optuna's durable study state (an RDB URL). OPTUNA_STORAGE wins."""
 
 
+class Catalogue(Strict):
+    """The rest of the course's experiments: stages of pipelines/catalogue/dvc.yaml, which
+    plain ``dvc repro`` does not run. Same shape as ``experiments`` / ``searches``."""
+
+    experiments: dict[str, str] = {}
+    searches: dict[str, str] = {}
+
+
 class Params(Strict):
     seed: int = 0
     ray: RayParams = RayParams()
@@ -80,6 +88,13 @@ class Params(Strict):
     """The experiments ``dvc repro`` runs: experiment name -> the dataset it reads."""
     searches: dict[str, str] = {}
     """The searches ``dvc repro`` runs (``tune@<name>``): experiment name -> its dataset."""
+    catalogue: Catalogue = Catalogue()
+
+    def dataset_maps(self) -> dict[str, dict[str, str]]:
+        """Every experiment -> dataset map, by its key in params.yaml."""
+        return {"experiments": self.experiments, "searches": self.searches,
+                "catalogue.experiments": self.catalogue.experiments,
+                "catalogue.searches": self.catalogue.searches}
 
     @property
     def tracking_uri(self) -> str:
@@ -324,8 +339,8 @@ class Project:
                     f"{where}: datasets.{name}: unknown dataset; allowed: {', '.join(DATASETS)}"
                 )
             dataset_params(name, args, where=f"{where}: datasets.{name}")
-        for section in ("experiments", "searches"):
-            for exp, ds in getattr(params, section).items():
+        for section, mapping in params.dataset_maps().items():
+            for exp, ds in mapping.items():
                 if not self.pipeline_file(exp).is_file():
                     raise RunyardError(
                         f"{where}: {section}.{exp}: no file {self.rel(self.pipeline_file(exp))}; "
@@ -375,15 +390,16 @@ class Project:
             raise RunyardError(
                 f"{where}: dataset: unknown dataset {exp.dataset!r}; allowed: {', '.join(DATASETS)}"
             )
-        for section in ("experiments", "searches"):
-            mapped = getattr(self.params, section).get(exp.name)
+        for section, mapping in self.params.dataset_maps().items():
+            mapped = mapping.get(exp.name)
             if mapped is not None and mapped != exp.dataset:
                 raise RunyardError(
                     f"{self.rel(self.params_file)}: {section}.{exp.name}: says dataset {mapped!r} "
                     f"but {where} says {exp.dataset!r}; make them agree"
                 )
-        if exp.name in self.params.searches and exp.search is None:
-            raise RunyardError(f"{self.rel(self.params_file)}: searches.{exp.name}: {where} has no search: section")
+        for section in ("searches", "catalogue.searches"):
+            if exp.name in self.params.dataset_maps()[section] and exp.search is None:
+                raise RunyardError(f"{self.rel(self.params_file)}: {section}.{exp.name}: {where} has no search: section")
         info = self.dataset_info(exp.dataset)
         check_model_spec(exp.model, where=f"{where}: model")
         classical = is_classical(exp.model_name)

@@ -24,6 +24,35 @@ def test_every_shipped_pipeline_loads(project):
         assert exp.optimized_metric.startswith("val/")
 
 
+def test_every_pipeline_is_a_dvc_stage_once(project):
+    """Each pipelines/*.yaml is run by exactly one of the default run (dvc.yaml) and the
+    catalogue (pipelines/catalogue/dvc.yaml), as a training or as a search."""
+    listed = [name for mapping in project.params.dataset_maps().values() for name in mapping]
+    assert sorted(listed) == project.experiment_names()
+    for section, mapping in project.params.dataset_maps().items():
+        for name in mapping:
+            is_search = project.experiment(name).search is not None
+            assert is_search == section.endswith("searches"), f"params.yaml: {section}.{name}"
+
+
+def test_catalogue_stages_resolve_in_dvc(project_dir):
+    """DVC itself (not our reading of params.yaml) sees one catalogue stage per experiment."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runyard.config import Project
+
+    dvc = Path(sys.executable).parent / "dvc"
+    listed = subprocess.run([dvc, "stage", "list", "--all", "--fail", "--name-only"], cwd=project_dir,
+                            capture_output=True, text=True, check=True).stdout.split()
+    catalogue = Project(project_dir).params.catalogue
+    prefix = "pipelines/catalogue/dvc.yaml:"
+    for name in catalogue.experiments:
+        assert {f"{prefix}{verb}@{name}" for verb in ("train", "evaluate", "register")} <= set(listed)
+    assert {f"{prefix}tune@{name}" for name in catalogue.searches} <= set(listed)
+
+
 def test_defaults_are_the_embedded_setup(project):
     p = project.params
     assert p.ray.address is None and p.ray.use_gpu is False
@@ -70,6 +99,10 @@ PARAMS_CASES = [
      ["params.yaml: experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
     (set_in("experiments", "mnist1d_cnn", value="digits"),
      ["experiments.mnist1d_cnn: says dataset 'digits'", "'mnist1d'"]),
+    (set_in("catalogue", "experiments", "nosuch", value="mnist1d"),
+     ["params.yaml: catalogue.experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
+    (set_in("catalogue", "searches", "mnist1d_cnn", value="mnist1d"),
+     ["params.yaml: catalogue.searches.mnist1d_cnn: pipelines/mnist1d_cnn.yaml has no search: section"]),
 ]
 
 
