@@ -433,9 +433,12 @@ def test_mlflow_runs_with_auth_and_serving_speaks_the_scoring_protocol(overlay):
     assert serve["readinessProbe"]["httpGet"]["path"] == "/ping"
     svc = one(objs, "Service", "runyard-serve")
     assert svc["spec"]["ports"][0]["targetPort"] in (port, serve["ports"][0]["name"])
-    # the job's experiment is the one serving loads
+    # the job registers the model serving loads, under the alias runyard gives it
+    model, alias = cmd[2].split("@")
     entry = one(objs, "RayJob", "runyard-train")["spec"]["entrypoint"]
-    assert f"register@{cmd[2].split('@')[0]}" in entry
+    assert f"register@{model}" in entry
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert model in params["experiments"] and alias == params["mlflow"]["champion_alias"]
 
 
 def documented_secrets() -> dict[str, set[str]]:
