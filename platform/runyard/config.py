@@ -275,6 +275,25 @@ class Experiment(Strict):
 
 # --------------------------------------------------------------------------- the project
 
+# A deployment (k8s/) sets these instead of editing params.yaml; as with
+# MLFLOW_TRACKING_URI and RAY_ADDRESS, a non-empty variable wins.
+ENV_SETTINGS = {
+    "RUNYARD_ARTIFACT_ROOT": ("mlflow", "artifact_root"),
+    "RUNYARD_STORAGE_PATH": ("ray", "storage_path"),
+}
+
+
+def env_settings(raw: Any) -> Any:
+    """params.yaml's raw mapping with the ENV_SETTINGS variables that are set applied."""
+    if not isinstance(raw, dict):
+        return raw
+    for var, (section, key) in ENV_SETTINGS.items():
+        value = os.environ.get(var, "").strip()
+        if value and isinstance(raw.get(section) or {}, dict):
+            raw = {**raw, section: {**(raw.get(section) or {}), key: value}}
+    return raw
+
+
 
 class Project:
     """A runyard project: the directory holding params.yaml, dvc.yaml and pipelines/."""
@@ -324,7 +343,7 @@ class Project:
     # -- loading
     @cached_property
     def params(self) -> Params:
-        raw = read_yaml(self.params_file, self.rel(self.params_file))
+        raw = env_settings(read_yaml(self.params_file, self.rel(self.params_file)))
         params = validate(Params, raw, self.rel(self.params_file))
         self._check_params_names(params)
         return params
