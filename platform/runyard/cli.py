@@ -165,9 +165,9 @@ def serve(
     Example: runyard serve mnist1d_cnn@champion --port 8080, then
     curl -d '{"inputs": [[0.1, 0.2, ...]]}' -H 'Content-Type: application/json' http://127.0.0.1:8080/invocations
     """
-    from runyard.serving.server import serve as run
+    from runyard.serving.server import serve_until_stopped
 
-    run(_project(), target, host=host, port=port, poll_s=poll_s)
+    serve_until_stopped(_project(), target, host=host, port=port, poll_s=poll_s)
 
 
 # --------------------------------------------------------------------------- cluster and jobs

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from runyard.errors import RunyardError
 
@@ -225,7 +225,28 @@ def serve(project: Project, spec: str, host: str = "127.0.0.1", port: int = 8080
         log.info(f"serving {target} v{served.version} (run {served.run_id}) on http://{url_host}:{bound_port}; "
                  f"checking the alias every {poll_s:g} s")
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            log.info(f"stopped serving {target} v{watcher.served.version}")
     finally:
         stop.set()
         sock.close()
+
+
+def serve_until_stopped(project: Project, spec: str, host: str, port: int, poll_s: float) -> NoReturn:
+    """`runyard serve`: serve until SIGTERM or Ctrl-C, then leave at once.
+
+    Once the server has shut down nothing is left to write, and tearing down torch,
+    MLflow and pandas module by module took seconds on a busy machine (Kubernetes
+    waits 30 s before it kills)."""
+    try:
+        serve(project, spec, host, port, poll_s)
+        code = 0
+    except SystemExit as e:  # SIGTERM, re-raised by uvicorn after its graceful shutdown
+        code = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
