@@ -185,8 +185,11 @@ def test_serve_predicts_like_the_model_and_follows_its_alias(prepared, tmp_path)
     print(f"alias moved -> new version served after {switch_s:.1f} s (poll every {poll_s} s)")
 
 
-def test_serve_a_classical_model_and_refuse_bad_targets(prepared):
-    """The sklearn flavour served in-process; bad targets and a busy port refused in one line."""
+def test_serve_a_classical_model_and_refuse_bad_targets(prepared, monkeypatch, caplog):
+    """The sklearn flavour served in-process; bad targets and a busy port refused in one line;
+    a registry that stops answering leaves the model served."""
+    import logging
+
     import mlflow
     import uvicorn
 
@@ -219,6 +222,7 @@ def test_serve_a_classical_model_and_refuse_bad_targets(prepared):
             assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
 
     # Served in-process: the pieces `serve` wires together, on a real socket.
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")  # as serving sets it; undone afterwards
     target = Target(CLASSICAL, ALIAS)
     client = mlflow.MlflowClient()
     watcher = Watcher(client, target, load(target, resolve(client, target, "params.yaml")))
@@ -240,6 +244,14 @@ def test_serve_a_classical_model_and_refuse_bad_targets(prepared):
         assert status == 400 and "(-1, 64)" in body["message"], body
         # Nothing moved: a poll keeps what is served.
         assert watcher.poll() is False and watcher.served.version == "1"
+        # A registry server that does not answer (nothing listens there): still served, one warning.
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        watcher.client = mlflow.MlflowClient(nowhere, registry_uri=nowhere)
+        with caplog.at_level(logging.INFO, logger="runyard.serve"):
+            assert watcher.poll() is False and watcher.poll() is False
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "still serving v1" in warnings[0], warnings
+        assert request(port, "/invocations", {"inputs": flat[:5].tolist()})[0] == 200
     finally:
         server.should_exit = True
         thread.join(timeout=30)
