@@ -152,6 +152,24 @@ def bench(
         run_bench(train, path, report_console())
 
 
+@app.command()
+def serve(
+    target: str = typer.Argument(
+        ..., metavar="MODEL@ALIAS", help="A registered model and its alias, e.g. mnist1d_cnn@champion"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
+    poll_s: float = typer.Option(10.0, "--poll-s", help="Seconds between checks of where the alias points."),
+):
+    """Serve a registered model over HTTP (MLflow's scoring protocol); reload it when its alias moves.
+
+    Example: runyard serve mnist1d_cnn@champion --port 8080, then
+    curl -d '{"inputs": [[0.1, 0.2, ...]]}' -H 'Content-Type: application/json' http://127.0.0.1:8080/invocations
+    """
+    from runyard.serving.server import serve_until_stopped
+
+    serve_until_stopped(_project(), target, host=host, port=port, poll_s=poll_s)
+
+
 # --------------------------------------------------------------------------- cluster and jobs
 
 cluster_app = typer.Typer(
