@@ -7,6 +7,7 @@ it free.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,10 +58,8 @@ def wait_ready(url: str, deadline: float, proc: subprocess.Popen | None = None) 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Stop the server and all its workers (``sig``: SIGKILL for an outage, SIGTERM to be nice)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 
