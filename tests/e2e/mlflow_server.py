@@ -60,7 +60,12 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Stop the server and all its workers (``sig``: SIGKILL for an outage, SIGTERM to be nice)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # uvicorn waiting on its workers: no more patience
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def wait_port_free(port: int, deadline: float) -> None:

@@ -8,7 +8,6 @@ driven by Playwright (no browser download).
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -54,12 +53,8 @@ def browser_page(tmp_path):
             profile, executable_path=CHROMIUM, headless=True, args=ARGS,
         )
         context.set_default_timeout(TIMEOUT_MS)
-        page = context.new_page()
         try:
-            yield page
-        except BaseException:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            raise
+            yield context.new_page()
         finally:
             context.close()
     shutil.rmtree(profile, ignore_errors=True)
@@ -97,12 +92,14 @@ def test_ui_shows_search_runs_lineage_and_champion(searched, browser_page):
     assert len(children) == 2
     exp_id = parent.info.experiment_id
 
-    # The experiment page: the parent run, and its children once expanded.
-    page.goto(f"{url}/#/experiments/{exp_id}")
-    page.get_by_text(parent.info.run_name, exact=True).first.wait_for()
-    expand = page.get_by_role("button", name=re.compile("expand", re.I))
-    if expand.count():
-        expand.first.click()
+    # The experiment page (the "Model training" view): the parent run; its children
+    # once its row is expanded.
+    page.goto(f"{url}/#/experiments/{exp_id}?workflowType=machine_learning")
+    name_cell = page.get_by_role("gridcell").filter(has_text=parent.info.run_name)
+    name_cell.first.wait_for()
+    for child in children:
+        assert not page.get_by_text(child.info.run_name, exact=True).count()
+    name_cell.first.get_by_role("button").first.click()
     for child in children:
         page.get_by_text(child.info.run_name, exact=True).first.wait_for()
 
