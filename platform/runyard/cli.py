@@ -247,11 +247,12 @@ def stop(
 @app.command()
 def ui(port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port on 127.0.0.1.")):
     """The MLflow UI on this project's tracking store, on 127.0.0.1 only. Example: runyard ui --port 5000"""
-    from runyard.tracking.ui import HOST, command
+    from runyard.tracking.ui import ENV, HOST, command
 
     argv = command(_project(), port)
     typer.echo(f"MLflow UI: http://{HOST}:{port}  (Ctrl-C to stop)", err=True)
-    os.execv(argv[0], argv)  # the UI takes over this process: Ctrl-C and signals go to it
+    # The UI takes over this process: Ctrl-C and signals go to it.
+    os.execve(argv[0], argv, {**ENV, **os.environ})
 
 
 def main() -> None:

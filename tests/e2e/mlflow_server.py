@@ -35,6 +35,8 @@ def start(port: int, backend_uri: str, artifacts_dir: Path, log: Path | None = N
              "--default-artifact-root", Path(artifacts_dir).resolve().as_uri(),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            # No job runner (GenAI judges: seven queue consumers): a faster start and restart.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     finally:
         if log:

@@ -12,6 +12,11 @@ from pathlib import Path
 from runyard.errors import RunyardError
 
 HOST = "127.0.0.1"  # the embedded store has no auth: never serve it beyond this machine
+# One worker is plenty for one person's browser, and MLflow's job runner (GenAI judges,
+# seven queue consumers) is of no use here: without both, the UI starts several times
+# faster and holds one process instead of a dozen.
+WORKERS = "1"
+ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def command(project, port: int) -> list[str]:
@@ -27,4 +32,4 @@ def command(project, port: int) -> list[str]:
     mlflow = str(local) if local.is_file() else shutil.which("mlflow")
     if mlflow is None:
         raise RunyardError("mlflow: command not found; install runyard's dependencies (make setup)")
-    return [mlflow, "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port), "--workers", WORKERS]
