@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ui: $(STAMP)  ## the MLflow UI on the embedded store: http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/runyard ui --port 5000
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests

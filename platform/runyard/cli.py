@@ -262,6 +262,17 @@ def stop(
     jobs.stop(jobs.resolve_address(address, _project().root), job)
 
 
+@app.command()
+def ui(port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port on 127.0.0.1.")):
+    """The MLflow UI on this project's tracking store, on 127.0.0.1 only. Example: runyard ui --port 5000"""
+    from runyard.tracking.ui import ENV, HOST, command
+
+    argv = command(_project(), port)
+    typer.echo(f"MLflow UI: http://{HOST}:{port}  (Ctrl-C to stop)", err=True)
+    # The UI takes over this process: Ctrl-C and signals go to it.
+    os.execve(argv[0], argv, {**ENV, **os.environ})
+
+
 def main() -> None:
     # `ray job stop`, DVC and CI send SIGTERM: turn it into an exception so open
     # MLflow runs are ended (KILLED) instead of left RUNNING.

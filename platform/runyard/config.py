@@ -62,6 +62,9 @@ class MlflowParams(Strict):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
     champion_alias: str = "champion"
+    retry_s: Annotated[float, Field(gt=0, le=86400)] = 120
+    """How long a training rides out a tracking server that does not answer (metrics
+    buffered, the run's end retried) before it fails; see runyard.tracking.outage."""
 
 
 class TuneParams(Strict):

@@ -111,13 +111,15 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
     }
     tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
-    with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id) as run_id:
+    retry_s = params.mlflow.retry_s
+    with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id, retry_s=retry_s) as run_id:
         if exp.cv:
             _cross_validate(client, run_id, exp, info, splits, params)
         with epoch_progress(client, run_id, total_epochs(exp, splits), exp.optimized_metric):
             result = fit(
                 exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
                 run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
+                retry_s=retry_s,
             )
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)
@@ -178,7 +180,7 @@ def _train_classical(project: Project, exp: Experiment, info, splits, uri: str) 
         "model": model, "seed": params.seed,
     }
     tags = lineage_tags(project.root, exp.dataset, exp.digest(), classical.RAY_ADDRESS)
-    with tracked_run(exp_id, name, run_params, tags) as run_id:
+    with tracked_run(exp_id, name, run_params, tags, retry_s=params.mlflow.retry_s) as run_id:
         with status(f"fitting {exp.model_name} on {exp.dataset}"):
             result = classical.fit(exp, splits, params.seed)
         now = int(time.time() * 1000)

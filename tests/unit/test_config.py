@@ -91,6 +91,7 @@ PARAMS_CASES = [
     (set_in("ray", "num_workers", value=0), ["params.yaml: ray.num_workers:", "greater than 0"]),
     (set_in("ray", "num_workers", value="two"), ["params.yaml: ray.num_workers:", "integer"]),
     (set_in("ray", "placement_strategy", value="SPRED"), ["ray.placement_strategy", "'SPREAD'"]),
+    (set_in("mlflow", "retry_s", value=0), ["params.yaml: mlflow.retry_s:", "greater than 0"]),
     (set_in("datasets", "mnist2d", value={}), ["params.yaml: datasets.mnist2d: unknown dataset", "mnist1d"]),
     (set_in("datasets", "mnist1d", value={"num_sample": 5}),
      ["datasets.mnist1d: num_sample: unknown key", "num_samples"]),

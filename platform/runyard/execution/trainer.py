@@ -41,11 +41,13 @@ def fit(
     run_id: str,
     storage_path: Path | str,
     flush_every_s: float = 5.0,
+    retry_s: float = 120.0,
 ) -> FitResult:
     """Train ``exp`` on Ray Train workers; rank 0 logs epochs to MLflow run ``run_id``.
 
     The Ray run is named after the MLflow run, so re-running with the same
-    ``run_id`` (``--resume``) continues from that run's last checkpoint.
+    ``run_id`` (``--resume``) continues from that run's last checkpoint. A tracking
+    server that stays down longer than ``retry_s`` fails the training in one line.
     """
     import ray
 
@@ -53,16 +55,27 @@ def fit(
         exp, info, ray.put(splits), ray_params, seed=seed, name=f"{exp.name}-{run_id}",
         storage_path=storage_path,
         tracking_uri=tracking_uri, run_id=run_id, flush_every_s=flush_every_s,
-        checkpoint_every=ray_params.checkpoint_every,
+        retry_s=retry_s, checkpoint_every=ray_params.checkpoint_every,
     )
     result = trainer.fit()
     if result.error is not None:
-        raise result.error
+        raise _tracking_outage(result.error) or result.error
     if result.checkpoint is None:
         raise RunyardError(f"{exp.name}: training ended without a final checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
     return FitResult(state, dict(result.metrics or {}))
+
+
+def _tracking_outage(error: BaseException) -> RunyardError | None:
+    """The one-line error of a worker that gave up on the tracking server, if that is
+    why the training failed (Ray wraps it with the worker's traceback)."""
+    from runyard.tracking.outage import TrackingUnavailable
+
+    for failure in (getattr(error, "worker_failures", None) or {}).values():
+        if isinstance(failure, TrackingUnavailable):
+            return TrackingUnavailable(str(failure).strip().splitlines()[-1])
+    return None
 
 
 def torch_trainer(

@@ -91,7 +91,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow
         callbacks: list[pl.Callback] = [ReportEpochs(ray.train.report, ray.train.Checkpoint)]
     else:
-        epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"])
+        epoch_logger = MlflowEpochLogger(
+            cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"], cfg["retry_s"]
+        )
         callbacks = [epoch_logger]
         if cfg["checkpoint_every"]:
             callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))

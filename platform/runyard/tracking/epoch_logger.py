@@ -5,32 +5,44 @@ epoch, so metrics are buffered and sent every few seconds and at the end. A
 restarted worker (fault tolerance, --resume) re-trains the epochs after its
 last checkpoint: it skips the epochs already in the store, so no epoch is
 logged twice.
+
+A tracking server that stops answering does not stop the training: the buffer
+is kept and sent once it is back (see ``runyard.tracking.outage``). Only before a
+checkpoint and at the end does the logger wait for it, up to ``retry_s`` after
+the first failed send; then the training fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import lightning.pytorch as pl
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from runyard.tracking.outage import TrackingUnavailable, retry_until, try_once
+
 PREFIXES = ("train/", "val/")
 
 
 class MlflowEpochLogger(pl.Callback):
-    def __init__(self, tracking_uri: str, run_id: str, flush_every_s: float = 5.0):
+    def __init__(self, tracking_uri: str, run_id: str, flush_every_s: float = 5.0, retry_s: float = 120.0):
         self.tracking_uri, self.run_id = tracking_uri, run_id
-        self.flush_every_s = flush_every_s
+        self.flush_every_s, self.retry_s = flush_every_s, retry_s
         self._client: MlflowClient | None = None
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._failing_since: float | None = None  # first failed send of what is buffered
         self._logged_through = -1
 
     def setup(self, trainer, pl_module, stage):
         if trainer.global_rank == 0 and self._client is None:
             self._client = MlflowClient(self.tracking_uri)
-            history = self._client.get_metric_history(self.run_id, "train/loss")
+            history = retry_until(
+                lambda: self._client.get_metric_history(self.run_id, "train/loss"),
+                time.monotonic() + self.retry_s, self._what("reading the epochs already logged"),
+            )
             self._logged_through = max((m.step for m in history), default=-1)
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -47,18 +59,41 @@ class MlflowEpochLogger(pl.Callback):
         self._buffer += [Metric(k, v, now, epoch) for k, v in values.items()]
         self._logged_through = epoch
         if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffer. ``wait=False``: one try, keeping the buffer if the server is
+        down (failing once ``retry_s`` has passed); ``wait=True``: retry until then."""
         if self._client is None or not self._buffer:
             return
-        for i in range(0, len(self._buffer), 1000):  # MLflow's log_batch limit
-            self._client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
-        self._buffer.clear()
         self._last_flush = time.monotonic()
+        if try_once(self._send)[0]:
+            return
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        deadline = self._failing_since + self.retry_s
+        if wait or time.monotonic() >= deadline:
+            retry_until(self._send, deadline, self._what(self._pending()))
+
+    def _send(self) -> None:
+        while self._buffer:
+            self._client.log_batch(self.run_id, metrics=self._buffer[:1000])  # MLflow's limit
+            del self._buffer[:1000]  # a retry resends only what is still missing
+        self._failing_since = None
+
+    def _pending(self) -> str:
+        steps = sorted({m.step for m in self._buffer})
+        return f"logging epochs {steps[0]}-{steps[-1]}" if steps else "logging"
+
+    def _what(self, doing: str) -> str:
+        return (f"{doing} to {self.tracking_uri}: no answer for {self.retry_s:g} s "
+                "(params.yaml: mlflow.retry_s)")
 
     def on_fit_end(self, trainer, pl_module):
         self.flush()
 
     def on_exception(self, trainer, pl_module, exception):
-        self.flush()
+        # Best effort: a server that is down too must not hide the training's own error.
+        if not isinstance(exception, TrackingUnavailable):
+            with contextlib.suppress(TrackingUnavailable):
+                self.flush()

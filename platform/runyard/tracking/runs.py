@@ -1,18 +1,25 @@
 """The lifecycle of one MLflow run: created once by the driver, always ended.
 
 Whatever happens inside ``tracked_run`` (an exception, Ctrl-C, SIGTERM from
-`ray job stop` or DVC), the run ends FAILED or KILLED, never left RUNNING.
+`ray job stop` or DVC), the run ends FAILED or KILLED, never left RUNNING. A
+tracking server that is down at that moment is retried for ``retry_s``; only if it
+never answers is the run left open, and the error says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+
+from runyard.tracking.outage import TrackingUnavailable, quick_requests, retry_until
 
 
 def use_tracking(uri: str) -> MlflowClient:
@@ -47,6 +54,7 @@ def tracked_run(
     params: dict[str, Any],
     tags: dict[str, str],
     resume_run_id: str | None = None,
+    retry_s: float = 120.0,
 ) -> Iterator[str]:
     """Start (or reopen) a run, yield its id, and always end it with a final status."""
     if resume_run_id:
@@ -54,13 +62,38 @@ def tracked_run(
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
         mlflow.log_params(flatten(params))
+    run_id = run.info.run_id
     try:
-        yield run.info.run_id
+        yield run_id
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM via the CLI's handler
-        mlflow.end_run("KILLED")
+        _end(run_id, "KILLED", retry_s)
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except TrackingUnavailable as e:
+        print(f"runyard: {e}; marking run {run_id} FAILED once the tracking server answers "
+              f"(up to {retry_s:g} s)", file=sys.stderr, flush=True)
+        _end(run_id, "FAILED", retry_s, cause=e)
+        raise
+    except BaseException as e:
+        _end(run_id, "FAILED", retry_s, cause=e)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end(run_id, "FINISHED", retry_s)
+
+
+def _end(run_id: str, status: str, retry_s: float, cause: BaseException | None = None) -> None:
+    """End the active run, retrying a server that is down; one line if it never answers."""
+    client = MlflowClient()
+    try:
+        retry_until(lambda: client.set_terminated(run_id, status), time.monotonic() + retry_s, "")
+    except TrackingUnavailable:
+        because = f"{cause}; " if isinstance(cause, TrackingUnavailable) else ""
+        raise TrackingUnavailable(
+            f"{because}run {run_id} could not be marked {status}: the tracking server "
+            f"{mlflow.get_tracking_uri()} did not answer for {retry_s:g} s "
+            "(params.yaml: mlflow.retry_s); it shows RUNNING until `runyard train --resume`"
+        ) from cause
+    finally:
+        # mlflow.end_run drops the run from the fluent API's stack before its request, so
+        # it cannot be the call retried; here it only closes that stack (status already set).
+        with contextlib.suppress(Exception), quick_requests():
+            mlflow.end_run(status)

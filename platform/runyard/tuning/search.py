@@ -51,7 +51,8 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     run_params = {**exp.model_dump(mode="json", by_alias=True, exclude={"name", "description"}), "seed": params.seed}
     storage = Path(params.ray.storage_path or project.root / ".runyard" / "ray")
     study = resolve(params.study_storage, project.root)
-    with tracked_run(exp_id, f"{name}-search", run_params, tags, resume_run_id=parent_id) as parent:
+    with tracked_run(exp_id, f"{name}-search", run_params, tags, resume_run_id=parent_id,
+                     retry_s=params.mlflow.retry_s) as parent:
         children = ChildRuns(uri, exp_id, parent, max_epochs(exp))
         try:
             grid = _run_tuner(exp, info, splits, params.seed, storage, f"{name}-search-{parent}", study,
