@@ -58,8 +58,11 @@ def _tracking(project: Project):
 
 
 def load_inputs(project: Project, name: str):
+    """The experiment, and its dataset's info and splits as it sees them (``subset:``, ``task:``)."""
+    from runyard.data.view import view_splits
+
     exp = project.experiment(name)
-    info = project.dataset_info(exp.dataset)
+    info = project.experiment_info(exp)
     data_dir = project.data_dir(exp.dataset)
     splits = split_store.load(data_dir, project.rel(data_dir))
     if tuple(splits.x_train.shape[1:]) != tuple(info.input_shape):
@@ -68,7 +71,7 @@ def load_inputs(project: Project, name: str):
             f"{project.rel(project.params_file)}: datasets.{exp.dataset} makes {tuple(info.input_shape)}; "
             f"run `runyard prepare {exp.dataset}` again"
         )
-    return exp, info, splits
+    return exp, info, view_splits(splits, exp)
 
 
 def train(project: Project, name: str, resume: bool = False) -> str:
@@ -97,6 +100,12 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     where = project.rel(project.params_file)
     client = use_tracking(uri)
     resume_id = _resumable_run(client, name) if resume else None
+    init_state, init_tags = None, {}
+    if exp.init:  # the source's weights, read (and checked) before a run exists
+        from runyard.models import transfer
+
+        init_state, source = transfer.source_state(project, exp)
+        init_tags = transfer.lineage_tags(source)
     with status("connecting to Ray"):
         address = ray_session.connect(params.ray, where)
     ray_session.check_resources(params.ray, where)
@@ -110,7 +119,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         "seed": params.seed,
         "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
     }
-    tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
+    tags = {**lineage_tags(project.root, exp.dataset, exp.digest(), address), **init_tags}
     with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id) as run_id:
         if exp.cv:
             _cross_validate(client, run_id, exp, info, splits, params)
@@ -118,6 +127,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
             result = fit(
                 exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
                 run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
+                init_state=init_state,
             )
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)
