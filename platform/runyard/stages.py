@@ -80,6 +80,12 @@ def train(project: Project, name: str, resume: bool = False) -> str:
 
     params = project.params
     exp, info, splits = load_inputs(project, name)
+    init_state, init_tags = None, {}
+    if exp.init:  # the source's weights, read (and checked) before anything is written
+        from runyard.models import transfer
+
+        init_state, source = transfer.source_state(project, exp)
+        init_tags = transfer.lineage_tags(source)
     uri = tracking_uri(project)
     if is_classical(exp.model_name):
         if resume:
@@ -100,12 +106,6 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     where = project.rel(project.params_file)
     client = use_tracking(uri)
     resume_id = _resumable_run(client, name) if resume else None
-    init_state, init_tags = None, {}
-    if exp.init:  # the source's weights, read (and checked) before a run exists
-        from runyard.models import transfer
-
-        init_state, source = transfer.source_state(project, exp)
-        init_tags = transfer.lineage_tags(source)
     with status("connecting to Ray"):
         address = ray_session.connect(params.ray, where)
     ray_session.check_resources(params.ray, where)

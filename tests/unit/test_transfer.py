@@ -157,8 +157,9 @@ def test_freeze_keeps_layers_fixed_then_unfreezes_from_the_top(digits, one_threa
     from runyard.execution.local import fit_local
 
     exp = exp_of(init={"from": "src", "part": "features", "freeze": ["features"], "unfreeze_every": 2},
-                 recipe={**RECIPE, "epochs": 3, "batch_size": 64})
-    info = dataset_info("digits")
+                 subset={"classes": list(range(10)), "train_per_class": 10},
+                 recipe={**RECIPE, "epochs": 3, "batch_size": 50})
+    info = view_info(dataset_info("digits"), exp)
     torch.manual_seed(0)
     start = build_model(CNN, (1, 8, 8), 10).state_dict()
     seen = []
@@ -167,7 +168,7 @@ def test_freeze_keeps_layers_fixed_then_unfreezes_from_the_top(digits, one_threa
         def on_train_epoch_end(self, trainer, pl_module):
             seen.append({k: v.clone() for k, v in pl_module.net.state_dict().items()})
 
-    trainer = fit_local(exp, info, digits, seed=0, cpus=1, callbacks=[Watch()],
+    trainer = fit_local(exp, info, view_splits(digits, exp), seed=0, cpus=1, callbacks=[Watch()],
                         init_state=part_of(start, "features"))
     unchanged = [{k for k in start if k.startswith("features") and torch.equal(s[k], start[k])} for s in seen]
     bottom = {k for k in start if k.startswith(("features.0.", "features.1."))}
@@ -261,13 +262,16 @@ DAE = {"name": "conv_autoencoder", "channels": [8, 16]}
 def test_learn_transfer_from_digits_0_to_4_to_few_labels_of_5_to_9(digits, one_thread):
     source = exp_of(subset={"classes": [0, 1, 2, 3, 4]}, recipe={**RECIPE, "epochs": 4})
     _, src_acc, src_net = train(source, digits, "val/acc")
+    # The bottom conv block (and its batch norm) stays as pretrained; the rest fine-tunes.
     target = exp_of(subset={"classes": [5, 6, 7, 8, 9], "train_per_class": 5},
-                    init={"from": "src", "part": "features", "freeze": ["features"]},
-                    recipe={**RECIPE, "epochs": 15, "batch_size": 25})
+                    init={"from": "src", "part": "features", "freeze": ["features.0", "features.1"],
+                          "lr_groups": {"features": 0.3}},
+                    recipe={**RECIPE, "epochs": 20, "batch_size": 25})
     before, after, net = train(target, digits, "val/acc", part_of(src_net.state_dict(), "features"))
     assert src_acc >= 0.9
     assert before < 0.5 <= after, (before, after)  # chance 0.2
-    assert all(torch.equal(net.state_dict()[k], v) for k, v in part_of(src_net.state_dict(), "features").items())
+    bottom = part_of(src_net.state_dict(), "features.0") | part_of(src_net.state_dict(), "features.1")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in bottom.items())
 
 
 def test_learn_denoising_autoencoder_then_its_encoder_classifies_few_labels(digits, one_thread):
@@ -277,7 +281,7 @@ def test_learn_denoising_autoencoder_then_its_encoder_classifies_few_labels(digi
     assert after <= 0.05 < before, (before, after)  # pixel variance ~0.19; untrained ~0.1-0.3
     few = exp_of(subset={"classes": list(range(10)), "train_per_class": 5},
                  init={"from": "dae", "part": "features", "lr_groups": {"features": 0.3}},
-                 recipe={**RECIPE, "epochs": 15, "batch_size": 25})
+                 recipe={**RECIPE, "epochs": 20, "batch_size": 25})
     before, after, _ = train(few, digits, "val/acc", part_of(ae.state_dict(), "features"))
     assert before < 0.3 <= after, (before, after)  # chance 0.1
 
@@ -296,3 +300,16 @@ def test_init_keeps_its_yaml_spelling_when_dumped():
     exp = exp_of(init={"from": "x", "freeze": ["features"]})
     dumped = exp.model_dump(mode="json")
     assert dumped["init"]["from"] == "x" and Experiment.model_validate(json.loads(json.dumps(dumped))) == exp
+
+
+def test_train_refuses_a_missing_source_model_before_writing_anything(project):
+    """init.from names a real experiment that was never trained: one line naming what to
+    run, before Ray, MLflow (no store created) or models/ are touched."""
+    from runyard.stages import prepare, train
+    from tests.conftest import files_under
+
+    prepare(project, "digits")
+    before = files_under(project.root)
+    assert_one_line_config_error(lambda: train(project, "digits_5to9_transfer"),
+                                 ["models/digits_0to4_cnn: no trained model", "runyard train digits_0to4_cnn"])
+    assert files_under(project.root) == before
