@@ -29,5 +29,6 @@ def fit_local(
     pl.seed_everything(seed, verbose=False)
     system = build_system(exp, info.as_config(), init_state)
     trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=SplitsDataModule(splits, exp.recipe.batch_size, seed), ckpt_path=ckpt_path)
+    data = SplitsDataModule(splits, exp.recipe.batch_size, seed, augment=exp.recipe.augment)
+    trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     return trainer
