@@ -18,7 +18,7 @@ from runyard.data.augment import augment
 from runyard.data.view import view_info, view_splits
 from runyard.errors import RunyardError
 from runyard.models import build_model
-from runyard.models.transfer import Freeze, layers, param_groups, part_of, source_state
+from runyard.models.transfer import layers, param_groups, part_of, source_state
 from tests.conftest import assert_one_line_config_error
 
 CNN = {"name": "cnn2d", "channels": [8, 16]}
@@ -276,7 +276,7 @@ def test_learn_transfer_from_digits_0_to_4_to_few_labels_of_5_to_9(digits, one_t
 
 def test_learn_denoising_autoencoder_then_its_encoder_classifies_few_labels(digits, one_thread):
     dae = exp_of(task="reconstruction", model=DAE, optimized_metric="val/mse", optimized_mode="min",
-                 recipe={**RECIPE, "epochs": 5, "augment": {"noise": 0.3}})
+                 recipe={**RECIPE, "epochs": 4, "batch_size": 64, "augment": {"noise": 0.3}})
     before, after, ae = train(dae, digits, "val/mse")
     assert after <= 0.05 < before, (before, after)  # pixel variance ~0.19; untrained ~0.1-0.3
     few = exp_of(subset={"classes": list(range(10)), "train_per_class": 5},

@@ -6,8 +6,9 @@ fixes the whole sequence. A target with the image's height and width is a mask
 (segmentation): it gets the very same geometric transform, sampled nearest-neighbour
 so it keeps its class values. A target of the image's own shape (reconstruction: the
 clean image) gets the same transform as the image. Other targets (labels) pass through
-unchanged. Noise touches the image only: a denoising autoencoder learns to remove it. What the transform brings in from outside the image is 0,
-the background of every image dataset here.
+unchanged. Noise touches the image only: a denoising autoencoder learns to remove it.
+What the transform brings in from outside the image is 0, the background of every
+image dataset here.
 """
 
 from __future__ import annotations
