@@ -72,12 +72,21 @@ class TuneParams(Strict):
     """Optuna's durable study state (an RDB URL). OPTUNA_STORAGE wins."""
 
 
+class Finetune(Strict):
+    dataset: str
+    source: str = Field(alias="from")
+    """The experiment whose trained model it starts from (its pipeline's ``init.from``)."""
+
+
 class Catalogue(Strict):
     """The rest of the course's experiments: stages of pipelines/catalogue/dvc.yaml, which
-    plain ``dvc repro`` does not run. Same shape as ``experiments`` / ``searches``."""
+    plain ``dvc repro`` does not run. ``experiments`` and ``searches`` map a name to its
+    dataset, like the top-level keys; ``finetunes`` also names the model each starts from,
+    so that DVC trains the source first."""
 
     experiments: dict[str, str] = {}
     searches: dict[str, str] = {}
+    finetunes: dict[str, Finetune] = {}
 
 
 class Params(Strict):
@@ -97,7 +106,8 @@ class Params(Strict):
         """Every experiment -> dataset map, by its key in params.yaml."""
         return {"experiments": self.experiments, "searches": self.searches,
                 "catalogue.experiments": self.catalogue.experiments,
-                "catalogue.searches": self.catalogue.searches}
+                "catalogue.searches": self.catalogue.searches,
+                "catalogue.finetunes": {k: v.dataset for k, v in self.catalogue.finetunes.items()}}
 
     @property
     def tracking_uri(self) -> str:
@@ -244,6 +254,45 @@ class Reference(Strict):
     source: str
 
 
+class Subset(Strict):
+    """Part of a classification dataset (``runyard.data.view``): some classes, few labels."""
+
+    classes: list[Annotated[int, Field(ge=0)]] = Field(min_length=2)
+    """The classes kept, relabelled 0..k-1 in this order."""
+    train_per_class: PositiveInt | None = None
+    """Training samples kept per class (validation and test keep all); None: all."""
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"classes repeat: {value}")
+        return value
+
+
+class Init(Strict):
+    """Start from another experiment's trained weights (``runyard.models.transfer``):
+    transfer learning, or an unsupervised pretraining later fine-tuned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    source: str = Field(alias="from")
+    """The experiment whose trained model (models/<from>/) supplies the weights."""
+    part: str = "all"
+    """``all``, or a module of the model (``features``): the weights copied; the rest starts fresh."""
+    freeze: list[str] = []
+    """Modules (prefixes such as ``features`` or ``features.4``) not trained at first."""
+    unfreeze_every: PositiveInt | None = None
+    """Gradual unfreezing: every this many epochs, the top frozen layer starts training."""
+    lr_groups: dict[str, PositiveFloat] = {}
+    """Module prefix -> learning-rate multiplier (of ``recipe.lr``); the longest prefix wins."""
+
+    @model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> Init:
+        if self.unfreeze_every is not None and not self.freeze:
+            raise ValueError("unfreeze_every needs modules listed under freeze")
+        return self
+
+
 class Experiment(Strict):
     name: str
     """Filled from the file name; not written in the YAML."""
@@ -261,6 +310,12 @@ class Experiment(Strict):
     cv: CrossValidation | None = None
     """k-fold cross-validation on train + val: the folds train as parallel Ray tasks."""
     reference: Reference | None = None
+    task: Literal["reconstruction"] | None = None
+    """None: the dataset's own task; ``reconstruction``: the inputs are the targets (labels unused)."""
+    subset: Subset | None = None
+    """Only some classes of a classification dataset, and few training labels per class."""
+    init: Init | None = None
+    """Initial weights from another experiment's trained model; freezing and per-module learning rates."""
 
     @property
     def model_name(self) -> str:
@@ -422,7 +477,14 @@ class Project:
         for section in ("searches", "catalogue.searches"):
             if exp.name in self.params.dataset_maps()[section] and exp.search is None:
                 raise RunyardError(f"{self.rel(self.params_file)}: {section}.{exp.name}: {where} has no search: section")
-        info = self.dataset_info(exp.dataset)
+        finetune = self.params.catalogue.finetunes.get(exp.name)
+        source = exp.init.source if exp.init else None
+        if finetune is not None and finetune.source != source:
+            raise RunyardError(
+                f"{self.rel(self.params_file)}: catalogue.finetunes.{exp.name}.from: says {finetune.source!r} "
+                f"but {where} init.from says {source!r}; make them agree"
+            )
+        info = self._experiment_info(exp, where)
         check_model_spec(exp.model, where=f"{where}: model")
         classical = is_classical(exp.model_name)
         if not classical and exp.recipe is None:
@@ -445,6 +507,29 @@ class Project:
             from runyard.tuning.space import check_space
 
             check_space(exp, info, where)
+        if exp.init:
+            from runyard.models.transfer import check_init
+
+            check_init(self, exp, info, where)
+
+    def _experiment_info(self, exp: Experiment, where: str):
+        """The dataset's info as the experiment sees it (its ``task:`` and ``subset:``)."""
+        from runyard.data.view import view_info
+
+        info = self.dataset_info(exp.dataset)
+        if exp.subset is not None:
+            if info.task != "classification":
+                raise RunyardError(f"{where}: subset: needs a classification dataset; {exp.dataset} is {info.task}")
+            bad = [c for c in exp.subset.classes if c >= info.num_classes]
+            if bad:
+                raise RunyardError(
+                    f"{where}: subset.classes: {bad} not in {exp.dataset}; allowed: 0..{info.num_classes - 1}"
+                )
+        return view_info(info, exp)
+
+    def experiment_info(self, exp: Experiment):
+        """The task and shapes ``exp`` trains on (checked when ``exp`` was loaded)."""
+        return self._experiment_info(exp, self.rel(self.pipeline_file(exp.name)))
 
 
 # --------------------------------------------------------------------------- helpers

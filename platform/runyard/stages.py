@@ -58,8 +58,11 @@ def _tracking(project: Project):
 
 
 def load_inputs(project: Project, name: str):
+    """The experiment, and its dataset's info and splits as it sees them (``subset:``, ``task:``)."""
+    from runyard.data.view import view_splits
+
     exp = project.experiment(name)
-    info = project.dataset_info(exp.dataset)
+    info = project.experiment_info(exp)
     data_dir = project.data_dir(exp.dataset)
     splits = split_store.load(data_dir, project.rel(data_dir))
     if tuple(splits.x_train.shape[1:]) != tuple(info.input_shape):
@@ -68,7 +71,7 @@ def load_inputs(project: Project, name: str):
             f"{project.rel(project.params_file)}: datasets.{exp.dataset} makes {tuple(info.input_shape)}; "
             f"run `runyard prepare {exp.dataset}` again"
         )
-    return exp, info, splits
+    return exp, info, view_splits(splits, exp)
 
 
 def train(project: Project, name: str, resume: bool = False) -> str:
@@ -77,6 +80,12 @@ def train(project: Project, name: str, resume: bool = False) -> str:
 
     params = project.params
     exp, info, splits = load_inputs(project, name)
+    init_state, init_tags = None, {}
+    if exp.init:  # the source's weights, read (and checked) before anything is written
+        from runyard.models import transfer
+
+        init_state, source = transfer.source_state(project, exp)
+        init_tags = transfer.lineage_tags(source)
     uri = tracking_uri(project)
     if is_classical(exp.model_name):
         if resume:
@@ -110,7 +119,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         "seed": params.seed,
         "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
     }
-    tags = lineage_tags(project.root, exp.dataset, exp.digest(), address)
+    tags = {**lineage_tags(project.root, exp.dataset, exp.digest(), address), **init_tags}
     retry_s = params.mlflow.retry_s
     with tracked_run(exp_id, name, run_params, tags, resume_run_id=resume_id, retry_s=retry_s) as run_id:
         if exp.cv:
@@ -120,6 +129,7 @@ def train(project: Project, name: str, resume: bool = False) -> str:
                 exp, info, splits, params.ray, seed=params.seed, tracking_uri=uri,
                 run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
                 retry_s=retry_s,
+                init_state=init_state,
             )
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)

@@ -51,6 +51,8 @@ def test_catalogue_stages_resolve_in_dvc(project_dir):
     for name in catalogue.experiments:
         assert {f"{prefix}{verb}@{name}" for verb in ("train", "evaluate", "register")} <= set(listed)
     assert {f"{prefix}tune@{name}" for name in catalogue.searches} <= set(listed)
+    for name in catalogue.finetunes:
+        assert {f"{prefix}{verb}@{name}" for verb in ("finetune", "evaluate_finetune", "register_finetune")} <= set(listed)
 
 
 def test_defaults_are_the_embedded_setup(project):
@@ -104,6 +106,8 @@ PARAMS_CASES = [
      ["params.yaml: catalogue.experiments.nosuch: no file pipelines/nosuch.yaml", "mnist1d_cnn"]),
     (set_in("catalogue", "searches", "mnist1d_cnn", value="mnist1d"),
      ["params.yaml: catalogue.searches.mnist1d_cnn: pipelines/mnist1d_cnn.yaml has no search: section"]),
+    (set_in("catalogue", "finetunes", "mnist1d_cnn", value={"dataset": "mnist1d", "from": "mnist1d_mlp"}),
+     ["params.yaml: catalogue.finetunes.mnist1d_cnn.from: says 'mnist1d_mlp'", "init.from says None"]),
 ]
 
 

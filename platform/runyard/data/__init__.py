@@ -25,7 +25,7 @@ DATASETS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    task: Literal["classification", "node_classification", "regression", "segmentation"]
+    task: Literal["classification", "node_classification", "regression", "segmentation", "reconstruction"]
     """node_classification trains and scores like classification; its evaluator also
     draws the graph (samples are nodes of one graph, see runyard.data.karate)."""
     input_shape: tuple[int, ...]
@@ -44,9 +44,12 @@ class DatasetInfo:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """What a model must return per sample: ``(num_outputs,)``, or for segmentation
-        one score map per class over the input's pixels, ``(num_classes, height, width)``."""
+        one score map per class over the input's pixels, ``(num_classes, height, width)``;
+        for reconstruction the input's shape."""
         if self.task == "segmentation":
             return (self.num_outputs, *self.input_shape[1:])
+        if self.task == "reconstruction":  # the input itself (runyard.data.view)
+            return tuple(self.input_shape)
         return (self.num_outputs,)
 
 

@@ -4,9 +4,11 @@ Applied by the training loader (``loaders.TensorBatches``) to training batches o
 Every sample gets its own shift and angle from the generator it is given, so a seed
 fixes the whole sequence. A target with the image's height and width is a mask
 (segmentation): it gets the very same geometric transform, sampled nearest-neighbour
-so it keeps its class values; other targets (labels) pass through unchanged. Noise
-touches the image only. What the transform brings in from outside the image is 0,
-the background of every image dataset here.
+so it keeps its class values. A target of the image's own shape (reconstruction: the
+clean image) gets the same transform as the image. Other targets (labels) pass through
+unchanged. Noise touches the image only: a denoising autoencoder learns to remove it.
+What the transform brings in from outside the image is 0, the background of every
+image dataset here.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def transform(x: torch.Tensor, y: torch.Tensor, angles: torch.Tensor, shifts: to
     """Rotate each image by ``angles`` (radians, about its centre; positive turns the
     picture clockwise as displayed, rows running downwards), then move it by ``shifts``
     (whole pixels, (right, down)); masks alike. The shift is exact (no resampling)."""
+    if y.shape == x.shape:  # an image target moves with its image
+        both, _ = transform(torch.cat([x, y.to(x)], 1), y[:, :0], angles, shifts)
+        return both[:, : x.shape[1]], both[:, x.shape[1] :].to(y)
     mask = is_mask(x, y)
     if bool((angles != 0).any()):
         grid = _rotation_grid(angles, x.shape)

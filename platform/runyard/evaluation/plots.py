@@ -39,11 +39,15 @@ def masks(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
     from matplotlib.colors import ListedColormap
 
     colours = ListedColormap(["black", *plt.get_cmap("tab10").colors[:num_classes - 1]])
-    n = len(x)
-    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.8, 4.9), squeeze=False)
-    rows = [("input", x[:, 0], {"cmap": "gray"}),
-            ("true mask", y_true, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1}),
-            ("predicted", y_pred, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1})]
+    image_grid([("input", x[:, 0], {"cmap": "gray"}),
+                ("true mask", y_true, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1}),
+                ("predicted", y_pred, {"cmap": colours, "vmin": 0, "vmax": num_classes - 1})], title, out)
+
+
+def image_grid(rows: list[tuple[str, np.ndarray, dict]], title: str, out: Path) -> None:
+    """One row per (label, images (n, height, width), imshow style), one column per sample."""
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.5 * n + 0.8, 1.5 * len(rows) + 0.4), squeeze=False)
     for r, (label, images, style) in enumerate(rows):
         for i in range(n):
             ax = axes[r, i]

@@ -20,13 +20,15 @@ from runyard.execution.worker import _quiet_lightning, build_system, build_train
 
 def fit_local(
     exp: Experiment, info: DatasetInfo, splits: Splits, *, seed: int, cpus: float,
-    callbacks: Sequence[pl.Callback] = (), ckpt_path: str | None = None,
+    callbacks: Sequence[pl.Callback] = (), ckpt_path: str | None = None, init_state: dict | None = None,
 ) -> pl.Trainer:
-    """Train ``exp`` on ``splits`` with ``cpus`` threads; return the fitted Trainer."""
+    """Train ``exp`` on ``splits`` with ``cpus`` threads; return the fitted Trainer.
+    ``init_state``: weights to start from (a pipeline's ``init:``)."""
     _quiet_lightning()
     torch.set_num_threads(max(1, int(cpus)))
     pl.seed_everything(seed, verbose=False)
-    system = build_system(exp, info.as_config())
+    system = build_system(exp, info.as_config(), init_state)
     trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=SplitsDataModule(splits, exp.recipe.batch_size, seed), ckpt_path=ckpt_path)
+    data = SplitsDataModule(splits, exp.recipe.batch_size, seed, augment=exp.recipe.augment)
+    trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     return trainer

@@ -42,12 +42,15 @@ def fit(
     storage_path: Path | str,
     flush_every_s: float = 5.0,
     retry_s: float = 120.0,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``exp`` on Ray Train workers; rank 0 logs epochs to MLflow run ``run_id``.
 
     The Ray run is named after the MLflow run, so re-running with the same
     ``run_id`` (``--resume``) continues from that run's last checkpoint. A tracking
     server that stays down longer than ``retry_s`` fails the training in one line.
+    ``init_state``: weights the model starts from (a pipeline's ``init:``), shipped
+    once through the object store.
     """
     import ray
 
@@ -56,6 +59,7 @@ def fit(
         storage_path=storage_path,
         tracking_uri=tracking_uri, run_id=run_id, flush_every_s=flush_every_s,
         retry_s=retry_s, checkpoint_every=ray_params.checkpoint_every,
+        init_ref=None if init_state is None else ray.put(init_state),
     )
     result = trainer.fit()
     if result.error is not None:

@@ -81,7 +81,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
 
     exp = Experiment.model_validate(cfg["experiment"])
-    system = build_system(exp, cfg["dataset_info"])
+    init_state = ray.get(cfg["init_ref"]) if cfg.get("init_ref") is not None else None
+    system = build_system(exp, cfg["dataset_info"], init_state)
     splits = ray.get(cfg["data_ref"])
     data = SplitsDataModule(
         splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
@@ -124,14 +125,24 @@ def train_loop(cfg: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
 
 
-def build_system(exp: Experiment, info: dict[str, Any]) -> pl.LightningModule:
+def build_system(exp: Experiment, info: dict[str, Any], init_state: dict | None = None) -> pl.LightningModule:
+    """The system for ``exp``; ``init_state``: weights to start from (``transfer.source_state``)."""
     net = build_model(exp.model, info["input_shape"], info["num_outputs"])
-    return system_for(info["task"])(net, exp.recipe.model_dump())
+    if init_state is not None:
+        from runyard.models.transfer import load_part
+
+        load_part(net, init_state)
+    lr_groups = exp.init.lr_groups if exp.init else None
+    return system_for(info["task"])(net, exp.recipe.model_dump(), lr_groups=lr_groups)
 
 
 def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
     """The Lightning Trainer for a recipe; ``distribution`` picks devices and strategy."""
     callbacks = list(callbacks)
+    if exp.init and exp.init.freeze:
+        from runyard.models.transfer import Freeze
+
+        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every))
     if exp.recipe.early_stopping:
         es = exp.recipe.early_stopping
         callbacks.append(

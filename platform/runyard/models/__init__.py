@@ -29,6 +29,7 @@ MODELS: dict[str, str] = {
     "unet": "runyard.models.components.unet:UNet",
     "gcn": "runyard.models.components.gcn:GCN",
     "graph_mlp": "runyard.models.components.gcn:GraphMLP",
+    "conv_autoencoder": "runyard.models.components.autoencoder:ConvAutoencoder",
 }
 
 CLASSICAL: dict[str, str] = {
@@ -49,6 +50,7 @@ METRICS = {
     "node_classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
     "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
+    "reconstruction": ("val/mse", "val/loss", "train/mse", "train/loss"),
 }
 # A classical fit has no loss curve: accuracy on the training and validation splits, once.
 CLASSICAL_METRICS = ("val/acc", "train/acc")

@@ -16,11 +16,13 @@ from runyard.models.optim import build_optimizer, build_schedule
 class System(pl.LightningModule):
     """Shared training logic; subclasses define the loss and the metrics."""
 
-    def __init__(self, net: nn.Module, recipe: dict[str, Any]):
+    def __init__(self, net: nn.Module, recipe: dict[str, Any], lr_groups: dict[str, float] | None = None):
         super().__init__()
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.recipe = Recipe.model_validate(recipe)
+        self.lr_groups = dict(lr_groups or {})
+        """Module prefix -> multiplier of the recipe's lr (a pipeline's ``init.lr_groups``)."""
 
     def forward(self, x):
         return self.net(x)
@@ -49,7 +51,12 @@ class System(pl.LightningModule):
         )
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.parameters(), self.recipe)
+        params = self.parameters()
+        if self.lr_groups:
+            from runyard.models.transfer import param_groups
+
+            params = param_groups(self.net, self.recipe.lr, self.lr_groups)
+        opt = build_optimizer(params, self.recipe)
         sched = build_schedule(opt, self.recipe, self.trainer.estimated_stepping_batches)
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
 
@@ -90,6 +97,9 @@ SYSTEMS: dict[str, type[System]] = {
     "node_classification": ClassifierSystem,
     "regression": RegressorSystem,
     "segmentation": SegmenterSystem,
+    # An autoencoder regresses its input; a denoising one gets noisy inputs from
+    # recipe.augment (training batches only) and the clean image as its target.
+    "reconstruction": RegressorSystem,
 }
 
 

@@ -66,19 +66,24 @@ class CNN2d(nn.Module):
         init: Init = "he",
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = input_shape[0]
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1)]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c))
-            layers += [nn.ReLU(), nn.MaxPool2d(2)]
-            c_in = c
-        self.features = nn.Sequential(*layers)
+        self.features = conv_blocks(input_shape[0], channels, batch_norm)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_outputs)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels[-1], num_outputs)
         )
         init_weights(self, init)
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def conv_blocks(c_in: int, channels: list[int], batch_norm: bool) -> nn.Sequential:
+    """[conv3x3 -> (BN) -> ReLU -> maxpool2] per entry of ``channels``: CNN2d's feature
+    extractor, and the encoder of the conv autoencoder, so one's weights load into the other."""
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    return nn.Sequential(*layers)
