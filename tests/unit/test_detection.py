@@ -214,6 +214,18 @@ def test_shipped_pipeline_loads_and_augment_is_refused(project):
                                  ["pipelines/shapes_detr.yaml: recipe.augment: not supported for detection"])
 
 
+def test_exported_detr_takes_any_batch_size():
+    """The train stage logs the net with MLflow, which exports it (``torch.export``, the
+    batch dimension ``Dim.AUTO``): the export must not fix the batch size of its example."""
+    from torch.export import Dim, export
+
+    net = build_model({"name": "detr", "channels": [4, 8], "d_model": 16, "ff": 16}, (1, 16, 16), C).eval()
+    exported = export(net, (torch.zeros(5, 1, 16, 16),), dynamic_shapes=({0: Dim.AUTO},)).module()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))
+
+
 # --------------------------------------------------------------------------- the evaluator
 
 
@@ -233,9 +245,10 @@ def test_detection_evaluator_writes_metrics_boxes_and_csv(tmp_path):
 
 
 def test_detr_learns_to_detect_shapes():
-    """In-process Lightning on tiny data: an untrained DETR's mAP@0.5 is ~0.
+    """In-process Lightning on tiny data (16x16 images, 1-2 shapes, 512 of them).
 
-    Measured on 1 thread, seeds 0-2: untrained 0.000-0.001, trained 0.xx-0.xx (~x s a fit)."""
+    Measured on 1 thread over data seeds 0-2: val mAP@0.5 untrained 0.005-0.022, after
+    10 epochs 0.35-0.56, 6-8 s of CPU a fit. The threshold sits between them."""
     from tests.unit.test_segmentation import fit
 
     s = shapes_det.build(shapes_det.Args(size=16, train_samples=512, val_samples=128, test_samples=3,
@@ -243,4 +256,4 @@ def test_detr_learns_to_detect_shapes():
     before, after = fit("shapes_det", s, {"name": "detr", "channels": [8, 16], "d_model": 32, "ff": 64,
                                           "queries": 4},
                         {"optimizer": "adamw", "lr": 0.002, "batch_size": 32, "epochs": 10}, "val/map50")
-    assert before < 0.05 and after >= 0.3, (before, after)
+    assert before < 0.05 and after >= 0.2, (before, after)

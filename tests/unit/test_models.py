@@ -63,8 +63,10 @@ COMPATIBLE = {
     "unet": [DIGITS, SHAPES_SEG],
     "gcn": [KARATE, GRAPHS],
     "graph_mlp": [KARATE, GRAPHS],
+    "detr": [SHAPES, ((1, 32, 32), 3)],
 }
 SEGMENTERS = {"unet"}  # one score map per class: (num_outputs, height, width)
+DETECTORS = {"detr"}  # one row per query (6 by default): class scores + "no object", box
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]
 
 
@@ -78,6 +80,8 @@ def test_output_shape(name, input_shape, num_outputs):
     net = build_model({"name": name}, input_shape, num_outputs)
     x = torch.randn(5, *input_shape)
     per_sample = (num_outputs, *input_shape[1:]) if name in SEGMENTERS else (num_outputs,)
+    if name in DETECTORS:
+        per_sample = (6, num_outputs + 5)
     net.train()
     out = net(x)
     assert out.shape == (5, *per_sample)

@@ -81,7 +81,8 @@ class DETR(nn.Module):
         for block in self.encoder:
             memory = block(memory)
         memory = self.encoder_norm(memory)
-        q = self.queries.expand(len(x), -1, -1)
+        # x.shape[0], not len(x): an int would fix the batch size of the exported model.
+        q = self.queries.expand(x.shape[0], -1, -1)
         outs = []
         for block in self.decoder:
             q = block(q, memory)
