@@ -247,13 +247,14 @@ def test_detection_evaluator_writes_metrics_boxes_and_csv(tmp_path):
 def test_detr_learns_to_detect_shapes():
     """In-process Lightning on tiny data (16x16 images, 1-2 shapes, 512 of them).
 
-    Measured on 1 thread over data seeds 0-2: val mAP@0.5 untrained 0.005-0.022, after
-    10 epochs 0.35-0.56, 6-8 s of CPU a fit. The threshold sits between them."""
+    Measured on 1 thread over data seeds 0-2: val mAP@0.5 untrained 0.009-0.028, after
+    10 epochs 0.44-0.50, 5-7 s of CPU a fit. The threshold sits between them. No encoder
+    layer: with one, the same budget gave 0.35-0.56 and took a third longer."""
     from tests.unit.test_segmentation import fit
 
     s = shapes_det.build(shapes_det.Args(size=16, train_samples=512, val_samples=128, test_samples=3,
                                          max_shapes=2, min_radius=0.2, max_radius=0.3), seed=0)
     before, after = fit("shapes_det", s, {"name": "detr", "channels": [8, 16], "d_model": 32, "ff": 64,
-                                          "queries": 4},
+                                          "queries": 4, "encoder_layers": 0},
                         {"optimizer": "adamw", "lr": 0.002, "batch_size": 32, "epochs": 10}, "val/map50")
-    assert before < 0.05 and after >= 0.2, (before, after)
+    assert before < 0.1 and after >= 0.25, (before, after)

@@ -31,7 +31,7 @@ class DETR(nn.Module):
         self,
         input_shape: tuple[int, ...],
         num_outputs: int,
-        channels: list[Width] = [32, 64],  # noqa: B006
+        channels: list[Width] = [16, 32, 64],  # noqa: B006
         d_model: Width = 64,
         heads: Width = 4,
         encoder_layers: int = 1,
