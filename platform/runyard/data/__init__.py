@@ -45,7 +45,7 @@ class DatasetInfo:
         return {"task": self.task, "input_shape": list(self.input_shape), "num_outputs": self.num_outputs}
 
     @property
-    def output_shape(self) -> tuple[int, ...]:
+    def output_shape(self) -> tuple[int | None, ...]:
         """What a model must return per sample: ``(num_outputs,)``, or for segmentation
         one score map per class over the input's pixels, ``(num_classes, height, width)``,
         or for detection a row per query (None: any number of them, at least
