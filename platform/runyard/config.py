@@ -495,6 +495,11 @@ class Project:
                 f"{where}: recipe.augment: needs images (channels, height, width); "
                 f"{exp.dataset} inputs have shape {tuple(info.input_shape)}"
             )
+        if exp.recipe is not None and exp.recipe.augment is not None and info.task == "detection":
+            raise RunyardError(
+                f"{where}: recipe.augment: not supported for detection ({exp.dataset}): the transforms "
+                f"would move the shapes but not their boxes; remove the section"
+            )
         task = info.task
         allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:

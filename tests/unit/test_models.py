@@ -64,9 +64,11 @@ COMPATIBLE = {
     "gcn": [KARATE, GRAPHS],
     "graph_mlp": [KARATE, GRAPHS],
     "conv_autoencoder": [DIGITS, SHAPES],
+    "detr": [SHAPES, ((1, 32, 32), 3)],
 }
 SEGMENTERS = {"unet"}  # one score map per class: (num_outputs, height, width)
 AUTOENCODERS = {"conv_autoencoder"}  # the input's own shape
+DETECTORS = {"detr"}  # one row per query (6 by default): class scores + "no object", box
 SHAPE_CASES = [(name, shape, n) for name, cases in COMPATIBLE.items() for shape, n in cases]
 
 
@@ -82,6 +84,8 @@ def test_output_shape(name, input_shape, num_outputs):
     per_sample = (num_outputs, *input_shape[1:]) if name in SEGMENTERS else (num_outputs,)
     if name in AUTOENCODERS:
         per_sample = input_shape
+    elif name in DETECTORS:
+        per_sample = (6, num_outputs + 5)
     net.train()
     out = net(x)
     assert out.shape == (5, *per_sample)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from runyard.config import Experiment
-from runyard.data import dataset_info, shapes, shapes_seg
+from runyard.data import builder, dataset_info, shapes, shapes_seg
 from runyard.errors import RunyardError
 from runyard.evaluation.metrics import overlap, pixel_confusion, segmentation
 from runyard.evaluation.tasks import EVALUATORS
@@ -154,7 +154,7 @@ def fit(dataset: str, splits, model: dict, recipe: dict, metric: str) -> tuple[f
 
     _quiet_lightning()
     size = splits.x_train.shape[-1]
-    info = dataset_info(dataset, (shapes_seg if dataset == "shapes_seg" else shapes).Args(size=size))
+    info = dataset_info(dataset, builder(dataset).Args(size=size))
     exp = Experiment(name="learn", dataset=dataset, model=model, recipe=recipe)
     pl.seed_everything(0, verbose=False)
     system = build_system(exp, {"task": info.task, "input_shape": info.input_shape, "num_outputs": info.num_outputs})

@@ -1,12 +1,14 @@
 """Generated grayscale images of circles, squares and triangles.
 
-Two datasets share this generator:
+Three datasets share this generator:
 
 - ``shapes`` (classification): one shape per image; the label is its kind,
   0 circle, 1 square, 2 triangle; the classes are balanced.
 - ``shapes_seg`` (segmentation, ``runyard.data.shapes_seg``): one to ``max_shapes``
   shapes per image that do not touch one another; the target is a mask giving each
   pixel's class, 0 background, 1 + kind for a pixel of a shape.
+- ``shapes_det`` (detection, ``runyard.data.shapes_det``): the same images; the
+  target is each shape's kind and bounding box.
 
 Each shape gets a random centre, size ("radius": the circle's radius, the square's
 and the triangle's circumradius, a fraction of the image size), rotation and
@@ -71,18 +73,30 @@ def build(args: Args, seed: int) -> Splits:
 
 def build_segmentation(args, seed: int) -> Splits:
     """The ``shapes_seg`` splits: ``args`` also has ``max_shapes``."""
+    return Splits(*(a for images, masks, _ in multi_shape_splits(args, seed) for a in (images, masks)))
 
-    def split(k: int, name: str):
+
+def multi_shape_splits(args, seed: int):
+    """For train, val and test in turn: ``draw_with_boxes``' images, masks and boxes,
+    one to ``args.max_shapes`` shapes per image (``shapes_seg`` and ``shapes_det``)."""
+    for k, name in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])
         counts = rng.integers(1, args.max_shapes + 1, size=args.samples(name))
-        return draw(rng, args, [rng.integers(0, len(KINDS), size=c) for c in counts])
-
-    return Splits(*(a for k, name in enumerate(SPLITS) for a in split(k, name)))
+        yield draw_with_boxes(rng, args, [rng.integers(0, len(KINDS), size=c) for c in counts])
 
 
 def draw(rng: np.random.Generator, args: Args, kinds_per_image) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 1, size, size) float32 with noise, and masks (n, size, size) uint8."""
+    images, masks, _ = draw_with_boxes(rng, args, kinds_per_image)
+    return images, masks
+
+
+def draw_with_boxes(rng: np.random.Generator, args: Args, kinds_per_image):
+    """``draw``'s images and masks, and per image the shapes placed: a list of
+    (kind, x0, y0, x1, y1), the tight pixel box of each shape (x1, y1 exclusive).
+    The same random draws as ``draw``: the boxes cost no randomness."""
     size, n = args.size, len(kinds_per_image)
+    boxes: list[list[tuple[int, int, int, int, int]]] = [[] for _ in range(n)]
     centres = np.arange(size) + 0.5
     cols, rows = np.meshgrid(centres, centres)  # pixel centres: x along the width, y along the height
     images = np.zeros((n, 1, size, size), np.float32)
@@ -101,9 +115,12 @@ def draw(rng: np.random.Generator, args: Args, kinds_per_image) -> tuple[np.ndar
             inside = _inside(int(kind), cols - cx, rows - cy, r, rng.uniform(0, 2 * math.pi))
             images[i, 0][inside] = rng.uniform(0.5, 1.0)
             masks[i][inside] = int(kind) + 1
+            ys, xs = np.nonzero(inside)
+            if len(xs):
+                boxes[i].append((int(kind), int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
     if args.noise:
         images += (args.noise * rng.standard_normal(images.shape)).astype(np.float32)
-    return images, masks
+    return images, masks, boxes
 
 
 def _inside(kind: int, dx: np.ndarray, dy: np.ndarray, r: float, angle: float) -> np.ndarray:

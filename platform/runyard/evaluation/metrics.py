@@ -1,4 +1,4 @@
-"""Test metrics for classifiers, regressors and segmenters.
+"""Test metrics for classifiers, regressors, segmenters and detectors.
 
 The overlap measures of segmentation (IoU, Dice) are torch functions, so training
 (``SegmenterSystem``) and the test evaluation compute them the same way.
@@ -75,3 +75,58 @@ def overlap(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     iou = (hits / (sizes - hits)).mean()
     dice = (2 * hits / sizes).mean()
     return iou.float(), dice.float()
+
+
+def detection(y_true: np.ndarray, out: np.ndarray, num_classes: int) -> dict:
+    """mAP at IoU 0.5 (the detection task's main number) and at the stricter 0.75."""
+    return {f"test/map{round(100 * t)}": mean_average_precision(y_true, out, num_classes, iou_threshold=t)
+            for t in (0.5, 0.75)}
+
+
+def mean_average_precision(y_true: np.ndarray, out: np.ndarray, num_classes: int, iou_threshold: float) -> float:
+    """PASCAL VOC's mAP: the mean over object classes of the average precision.
+
+    ``y_true`` are padded targets (images, max_objects, 5), rows (class, cx, cy, w, h),
+    class -1 for padding; ``out`` a detector's outputs (images, queries, classes + 5).
+    Every query is a detection of its likeliest class, scored by that class's
+    probability. Per class, detections are taken from the highest score down; each
+    claims the unclaimed true box of its class in its image that it overlaps most, if
+    their IoU reaches ``iou_threshold`` (a true positive), and is a false positive
+    otherwise (a second box on a claimed object among them). AP is the area under the
+    precision-recall curve with precision made non-increasing (VOC 2010 on: all
+    points, no 11-point sampling). Classes with no true box are left out of the mean;
+    with none at all the mAP is 0.
+    """
+    from runyard.models.detection import decode, iou_and_giou, pairwise, xyxy
+
+    scores, labels, boxes = decode(out)
+    true_class = y_true[..., 0].astype(np.int64)
+    iou, _ = pairwise(iou_and_giou, torch.from_numpy(boxes), xyxy(torch.from_numpy(y_true[..., 1:]).float()))
+    iou = iou.numpy()  # (images, queries, max_objects)
+    aps = []
+    for c in range(num_classes):
+        truth = true_class == c
+        if not truth.any():
+            continue
+        image, query = np.nonzero(labels == c)
+        order = np.argsort(-scores[image, query], kind="stable")
+        claimed = np.zeros_like(truth)
+        hit = np.zeros(len(order), bool)
+        for rank, d in enumerate(order):
+            i = image[d]
+            overlap = np.where(truth[i] & ~claimed[i], iou[i, query[d]], -1.0)
+            best = int(overlap.argmax())
+            if overlap[best] >= iou_threshold:
+                hit[rank] = claimed[i, best] = True
+        aps.append(average_precision(hit, int(truth.sum())))
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def average_precision(hit: np.ndarray, positives: int) -> float:
+    """Area under the precision-recall curve of detections ranked best first (``hit``:
+    which are true positives), precision made non-increasing in recall."""
+    tp = np.cumsum(hit)
+    recall = np.concatenate([[0.0], tp / positives, [1.0]])
+    precision = np.concatenate([[0.0], tp / np.arange(1, len(hit) + 1), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * precision[1:]))

@@ -59,6 +59,39 @@ def image_grid(rows: list[tuple[str, np.ndarray, dict]], title: str, out: Path) 
     _save(fig, out)
 
 
+def detections(x: np.ndarray, true: list[np.ndarray], predicted: list[np.ndarray], num_classes: int,
+               title: str, out: Path) -> None:
+    """A row of test images with their true boxes (dashed) and the detections shown
+    (solid, with their scores); one colour per class. Boxes are (class, x0, y0, x1, y1)
+    rows in fractions of the image size, detections with a 6th column, the score."""
+    from matplotlib.patches import Rectangle
+
+    cmap = plt.get_cmap("tab10")
+    n = len(x)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n + 0.6, 2.6), squeeze=False)
+    for ax, image, t, p in zip(axes[0], x, true, predicted, strict=True):
+        h, w = image.shape[-2:]
+        ax.imshow(image[0], cmap="gray", interpolation="nearest")
+        for row, style in [*((r, {"ls": "--", "lw": 1.0}) for r in t), *((r, {"ls": "-", "lw": 1.6}) for r in p)]:
+            c, x0, y0, x1, y1 = row[:5]
+            # Pixel i covers [i - 0.5, i + 0.5] in imshow's coordinates.
+            ax.add_patch(Rectangle((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False,
+                                   color=cmap(int(c) % 10), **style))
+            if len(row) > 5:
+                ax.text(x0 * w - 0.5, y0 * h - 0.8, f"{row[5]:.2f}", color=cmap(int(c) % 10), fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], color=cmap(c), label=f"class {c}") for c in range(num_classes)]
+    handles += [plt.Line2D([], [], color="gray", ls="--", label="true"),
+                plt.Line2D([], [], color="gray", label="detected")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def graph_predictions(adjacency: np.ndarray, nodes: np.ndarray, pred: np.ndarray, actual: np.ndarray,
                       roles: np.ndarray, title: str, out: Path) -> None:
     """One graph, each node filled with its predicted class: labelled (train) nodes are

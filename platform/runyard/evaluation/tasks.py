@@ -99,6 +99,37 @@ def reconstruction(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray
     return values
 
 
+BOX_SAMPLES = 8
+"""Test images shown in the detection figure (the first ones of the split)."""
+SCORE_SHOWN = 0.5
+"""Detections drawn in the figure: those scored at least this (mAP counts them all)."""
+
+
+def detection(name: str, info: DatasetInfo, splits: Splits, out: np.ndarray, staging: Path,
+              predict: Predict) -> dict:
+    """mAP at IoU 0.5 and 0.75; the first test images with true and detected boxes; every
+    detection scored at least ``SCORE_SHOWN`` as a CSV (image, class, score, box)."""
+    import torch
+
+    from runyard.models.detection import decode, xyxy
+
+    values = test_metrics.detection(splits.y_test, out, info.num_classes)
+    scores, labels, boxes = decode(out)
+    shown = scores >= SCORE_SHOWN
+    detected = [np.column_stack([labels[i][keep], boxes[i][keep], scores[i][keep]]) for i, keep in enumerate(shown)]
+    real = splits.y_test[..., 0] >= 0
+    corners = xyxy(torch.from_numpy(splits.y_test[..., 1:])).numpy()
+    true = [np.column_stack([splits.y_test[i, keep, 0], corners[i][keep]]) for i, keep in enumerate(real)]
+    k = BOX_SAMPLES
+    plots.detections(splits.x_test[:k], true[:k], detected[:k], info.num_classes,
+                     f"{name}: true (dashed) and detected boxes, mAP@0.5 {values['test/map50']:.3f}",
+                     staging / "boxes.png")
+    write_csv(staging / "detections.csv", ["image", "class", "score", "x0", "y0", "x1", "y1"],
+              ([i, int(d[0]), round(float(d[5]), 4), *(round(float(v), 4) for v in d[1:5])]
+               for i, rows in enumerate(detected) for d in rows))
+    return values
+
+
 Evaluator = Callable[[str, DatasetInfo, Splits, np.ndarray, Path, Predict], dict]
 
 EVALUATORS: dict[str, Evaluator] = {
@@ -107,6 +138,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "regression": regression,
     "segmentation": segmentation,
     "reconstruction": reconstruction,
+    "detection": detection,
 }
 
 

@@ -30,6 +30,7 @@ MODELS: dict[str, str] = {
     "gcn": "runyard.models.components.gcn:GCN",
     "graph_mlp": "runyard.models.components.gcn:GraphMLP",
     "conv_autoencoder": "runyard.models.components.autoencoder:ConvAutoencoder",
+    "detr": "runyard.models.components.detr:DETR",
 }
 
 CLASSICAL: dict[str, str] = {
@@ -51,6 +52,7 @@ METRICS = {
     "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
     "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
     "reconstruction": ("val/mse", "val/loss", "train/mse", "train/loss"),
+    "detection": ("val/map50", "val/loss", "train/map50", "train/loss"),
 }
 # A classical fit has no loss curve: accuracy on the training and validation splits, once.
 CLASSICAL_METRICS = ("val/acc", "train/acc")
@@ -122,10 +124,12 @@ def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> No
         raise RunyardError(
             f"{where}: {spec['name']} does not fit {dataset} inputs of shape {tuple(info.input_shape)}: {first}"
         ) from None
-    if tuple(out.shape) != (2, *info.output_shape):
+    if len(out) != 2 or not info.fits_output(tuple(out.shape)[1:]):
+        need = tuple(info.output_shape)
+        if None in need:  # detection: any number of queries, enough for the objects
+            need = f"({', '.join(f'>= {info.max_objects} queries' if n is None else str(n) for n in need)})"
         raise RunyardError(
-            f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]} per sample, "
-            f"{dataset} needs {tuple(info.output_shape)}"
+            f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]} per sample, {dataset} needs {need}"
         )
 
 

@@ -92,6 +92,27 @@ class SegmenterSystem(System):
         return loss, {"loss": loss.detach(), "iou": iou, "dice": dice}
 
 
+class DetectorSystem(System):
+    """Set prediction (DETR): each image's queries matched one-to-one to its objects
+    (Hungarian), then DETR's loss (``runyard.models.detection.set_loss``). A net with
+    ``forward_layers`` (every decoder layer's detections) is scored on each layer and
+    the losses summed, DETR's auxiliary losses; ``loss`` is that sum, ``ce``, ``l1`` and
+    ``giou`` are the last layer's terms, and ``map50`` is its mAP at IoU 0.5 (on the
+    batch: the validation batch is the whole split)."""
+
+    def loss_and_metrics(self, batch):
+        from runyard.evaluation.metrics import mean_average_precision
+        from runyard.models.detection import set_loss
+
+        x, y = batch
+        layers = self.net.forward_layers(x) if hasattr(self.net, "forward_layers") else self(x)[None]
+        losses = [set_loss(out, y) for out in layers]
+        loss = torch.stack([layer_loss for layer_loss, _ in losses]).sum()
+        final = layers[-1].detach().float().cpu().numpy()
+        map50 = mean_average_precision(y.cpu().numpy(), final, final.shape[-1] - 5, iou_threshold=0.5)
+        return loss, {"loss": loss.detach(), "map50": torch.tensor(map50), **losses[-1][1]}
+
+
 SYSTEMS: dict[str, type[System]] = {
     "classification": ClassifierSystem,
     "node_classification": ClassifierSystem,
@@ -100,6 +121,7 @@ SYSTEMS: dict[str, type[System]] = {
     # An autoencoder regresses its input; a denoising one gets noisy inputs from
     # recipe.augment (training batches only) and the clean image as its target.
     "reconstruction": RegressorSystem,
+    "detection": DetectorSystem,
 }
 
 
