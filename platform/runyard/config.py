@@ -126,7 +126,8 @@ class Recipe(Strict):
     )
     lr: PositiveFloat = 1e-3
     momentum: Fraction = 0.9
-    """Used by momentum, nesterov and rmsprop."""
+    """Used by momentum, nesterov and rmsprop; adam and adamw take it as beta1 (their
+    default is 0.9 too; DCGAN's is 0.5)."""
     weight_decay: NonNegativeFloat = 0.0
     """L2 penalty, applied by the optimizer."""
     l1: NonNegativeFloat = 0.0
@@ -369,7 +370,7 @@ class Project:
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
         from runyard.data import DATASETS
-        from runyard.models import check_model_fits, check_model_spec, is_classical, metrics_for
+        from runyard.models import check_model_fits, check_model_spec, experiment_info, is_classical, metrics_for
 
         if exp.dataset not in DATASETS:
             raise RunyardError(
@@ -384,7 +385,7 @@ class Project:
                 )
         if exp.name in self.params.searches and exp.search is None:
             raise RunyardError(f"{self.rel(self.params_file)}: searches.{exp.name}: {where} has no search: section")
-        info = self.dataset_info(exp.dataset)
+        info = experiment_info(exp.model_name, self.dataset_info(exp.dataset), exp.dataset, where=f"{where}: model")
         check_model_spec(exp.model, where=f"{where}: model")
         classical = is_classical(exp.model_name)
         if not classical and exp.recipe is None:
@@ -396,6 +397,9 @@ class Project:
                 f"{exp.dataset} inputs have shape {tuple(info.input_shape)}"
             )
         task = info.task
+        if task == "generation" and exp.recipe is not None and exp.recipe.gradient_clip is not None:
+            raise RunyardError(f"{where}: recipe.gradient_clip: not supported by {exp.model_name} (two optimisers, "
+                               "stepped by hand); remove the key")
         allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:
             logged_by = f"classical model {exp.model_name}" if classical else f"a {task} dataset"

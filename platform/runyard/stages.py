@@ -58,8 +58,10 @@ def _tracking(project: Project):
 
 
 def load_inputs(project: Project, name: str):
+    from runyard.models import experiment_info
+
     exp = project.experiment(name)
-    info = project.dataset_info(exp.dataset)
+    info = experiment_info(exp.model_name, project.dataset_info(exp.dataset), exp.dataset, "model")
     data_dir = project.data_dir(exp.dataset)
     splits = split_store.load(data_dir, project.rel(data_dir))
     if tuple(splits.x_train.shape[1:]) != tuple(info.input_shape):
@@ -250,6 +252,9 @@ def log_model(project: Project, net, example: np.ndarray) -> str:
     import torch
     from mlflow.models import infer_signature
 
+    from runyard.models import model_inputs
+
+    example = model_inputs(net, example)
     with torch.no_grad():
         out = net(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(

@@ -25,9 +25,11 @@ DATASETS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    task: Literal["classification", "node_classification", "regression", "segmentation"]
+    task: Literal["classification", "node_classification", "regression", "segmentation", "generation"]
     """node_classification trains and scores like classification; its evaluator also
-    draws the graph (samples are nodes of one graph, see runyard.data.karate)."""
+    draws the graph (samples are nodes of one graph, see runyard.data.karate).
+    No dataset is a generation dataset: a generative model makes its experiment one
+    (``runyard.models.MODEL_TASKS``)."""
     input_shape: tuple[int, ...]
     num_classes: int | None = None
     """None for regression; the model's output size is then 1. For segmentation, the
@@ -44,7 +46,10 @@ class DatasetInfo:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """What a model must return per sample: ``(num_outputs,)``, or for segmentation
-        one score map per class over the input's pixels, ``(num_classes, height, width)``."""
+        one score map per class over the input's pixels, ``(num_classes, height, width)``;
+        for generation, a sample like the data's."""
+        if self.task == "generation":
+            return tuple(self.input_shape)
         if self.task == "segmentation":
             return (self.num_outputs, *self.input_shape[1:])
         return (self.num_outputs,)

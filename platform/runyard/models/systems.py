@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runyard.config import Recipe
+from runyard.models.gan import GANSystem
 from runyard.models.optim import build_optimizer, build_schedule
 
 
@@ -85,13 +86,14 @@ class SegmenterSystem(System):
         return loss, {"loss": loss.detach(), "iou": iou, "dice": dice}
 
 
-SYSTEMS: dict[str, type[System]] = {
+SYSTEMS: dict[str, type[pl.LightningModule]] = {
     "classification": ClassifierSystem,
     "node_classification": ClassifierSystem,
     "regression": RegressorSystem,
     "segmentation": SegmenterSystem,
+    "generation": GANSystem,
 }
 
 
-def system_for(task: str) -> type[System]:
+def system_for(task: str) -> type[pl.LightningModule]:
     return SYSTEMS[task]

@@ -9,7 +9,9 @@ logged twice.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 from mlflow import MlflowClient
@@ -30,7 +32,8 @@ class MlflowEpochLogger(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         if trainer.global_rank == 0 and self._client is None:
             self._client = MlflowClient(self.tracking_uri)
-            history = self._client.get_metric_history(self.run_id, "train/loss")
+            # train/lr: this logger writes it every epoch, whatever the system logs.
+            history = self._client.get_metric_history(self.run_id, "train/lr")
             self._logged_through = max((m.step for m in history), default=-1)
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -46,8 +49,19 @@ class MlflowEpochLogger(pl.Callback):
         values["train/lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         self._buffer += [Metric(k, v, now, epoch) for k, v in values.items()]
         self._logged_through = epoch
+        self._log_artifacts(pl_module, epoch)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
+
+    def _log_artifacts(self, pl_module, epoch: int) -> None:
+        """Files a system leaves for each epoch (``epoch_artifacts(epoch, dir)``: the GAN's
+        sample grid) go to the run's artifacts as they are made."""
+        write = getattr(pl_module, "epoch_artifacts", None)
+        if write is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            write(epoch, Path(tmp))
+            self._client.log_artifacts(self.run_id, tmp)
 
     def flush(self) -> None:
         if self._client is None or not self._buffer:
