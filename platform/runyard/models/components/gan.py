@@ -78,7 +78,8 @@ class Generator(nn.Module):
         dcgan_init(self)
 
     def forward(self, z):
-        return self.upsample(self.project(z).view(len(z), *self.start))
+        # unflatten, not view(len(z), ...): an exported model keeps its batch size free.
+        return self.upsample(self.project(z).unflatten(1, self.start))
 
 
 class Discriminator(nn.Module):
