@@ -95,7 +95,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         callbacks = [epoch_logger]
         if cfg["checkpoint_every"]:
             callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
-    trainer = build_trainer(exp, callbacks, **_distribution(world, cfg["use_gpu"]))
+    # Manual optimisation (the GAN): each optimiser's backward leaves the other's parameters unused.
+    distribution = _distribution(world, cfg["use_gpu"], find_unused_parameters=not system.automatic_optimization)
+    trainer = build_trainer(exp, callbacks, **distribution)
     if world > 1:
         from ray.train.lightning import prepare_trainer
 
@@ -152,7 +154,7 @@ def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution)
     )
 
 
-def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
+def _distribution(world: int, use_gpu: bool, find_unused_parameters: bool = False) -> dict[str, Any]:
     accelerator = "gpu" if use_gpu else "cpu"
     if world == 1:
         # One worker needs no process group: skip DDP's wrapper and all-reduce.
@@ -162,7 +164,7 @@ def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
     return {
         "accelerator": accelerator,
         "devices": "auto",
-        "strategy": RayDDPStrategy(),
+        "strategy": RayDDPStrategy(find_unused_parameters=find_unused_parameters),
         "plugins": [RayLightningEnvironment()],
     }
 
