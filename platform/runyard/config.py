@@ -154,7 +154,8 @@ class Recipe(Strict):
     )
     lr: PositiveFloat = 1e-3
     momentum: Fraction = 0.9
-    """Used by momentum, nesterov and rmsprop."""
+    """Used by momentum, nesterov and rmsprop; adam and adamw take it as beta1 (their
+    default is 0.9 too; DCGAN's is 0.5)."""
     weight_decay: NonNegativeFloat = 0.0
     """L2 penalty, applied by the optimizer."""
     l1: NonNegativeFloat = 0.0
@@ -461,7 +462,7 @@ class Project:
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
         from runyard.data import DATASETS
-        from runyard.models import check_model_fits, check_model_spec, is_classical, metrics_for
+        from runyard.models import check_model_fits, check_model_spec, experiment_info, is_classical, metrics_for
 
         if exp.dataset not in DATASETS:
             raise RunyardError(
@@ -501,6 +502,9 @@ class Project:
                 f"would move the shapes but not their boxes; remove the section"
             )
         task = info.task
+        if task == "generation" and exp.recipe is not None and exp.recipe.gradient_clip is not None:
+            raise RunyardError(f"{where}: recipe.gradient_clip: not supported by {exp.model_name} (two optimisers, "
+                               "stepped by hand); remove the key")
         allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:
             logged_by = f"classical model {exp.model_name}" if classical else f"a {task} dataset"
@@ -530,7 +534,10 @@ class Project:
                 raise RunyardError(
                     f"{where}: subset.classes: {bad} not in {exp.dataset}; allowed: 0..{info.num_classes - 1}"
                 )
-        return view_info(info, exp)
+        # A model may make the task its own (a GAN draws a labelled image dataset's images).
+        from runyard.models import experiment_info as with_model_task
+
+        return with_model_task(exp.model_name, view_info(info, exp), exp.dataset, where=f"{where}: model")
 
     def experiment_info(self, exp: Experiment):
         """The task and shapes ``exp`` trains on (checked when ``exp`` was loaded)."""

@@ -9,7 +9,7 @@ from rich.table import Table
 from runyard.config import Project
 from runyard.progress import report_console
 
-RESULT_KEYS = ("test/acc", "test/f1", "test/mse", "test/iou", "test/dice", "test/map50")
+RESULT_KEYS = ("test/acc", "test/f1", "test/mse", "test/iou", "test/dice", "test/map50", "test/inception_score")
 
 
 def _results(project: Project, name: str) -> dict:

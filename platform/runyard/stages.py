@@ -262,6 +262,9 @@ def log_model(project: Project, net, example: np.ndarray) -> str:
     import torch
     from mlflow.models import infer_signature
 
+    from runyard.models import model_inputs
+
+    example = model_inputs(net, example)
     with torch.no_grad():
         out = net(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(

@@ -27,9 +27,11 @@ DATASETS: dict[str, str] = {
 @dataclass(frozen=True)
 class DatasetInfo:
     task: Literal["classification", "node_classification", "regression", "segmentation", "reconstruction",
-                  "detection"]
+                  "detection", "generation"]
     """node_classification trains and scores like classification; its evaluator also
-    draws the graph (samples are nodes of one graph, see runyard.data.karate)."""
+    draws the graph (samples are nodes of one graph, see runyard.data.karate).
+    No dataset is a generation dataset: a generative model makes its experiment one
+    (``runyard.models.MODEL_TASKS``)."""
     input_shape: tuple[int, ...]
     num_classes: int | None = None
     """None for regression; the model's output size is then 1. For segmentation, the
@@ -51,7 +53,10 @@ class DatasetInfo:
         one score map per class over the input's pixels, ``(num_classes, height, width)``;
         for reconstruction the input's shape; for detection a row per query (None: any
         number of them, at least ``max_objects``): class scores, "no object" last, then the
-        box, ``(None, classes + 5)``."""
+        box, ``(None, classes + 5)``; for generation, a
+        sample like the data's."""
+        if self.task == "generation":
+            return tuple(self.input_shape)
         if self.task == "segmentation":
             return (self.num_outputs, *self.input_shape[1:])
         if self.task == "reconstruction":  # the input itself (runyard.data.view)

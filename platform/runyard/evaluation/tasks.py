@@ -18,6 +18,7 @@ from runyard.data import DatasetInfo
 from runyard.data.splits import Splits
 from runyard.evaluation import metrics as test_metrics
 from runyard.evaluation import plots
+from runyard.evaluation.generation import evaluate as generation
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """The trained model's outputs for a batch of inputs of the dataset's shape."""
@@ -139,6 +140,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "segmentation": segmentation,
     "reconstruction": reconstruction,
     "detection": detection,
+    "generation": generation,
 }
 
 

@@ -98,7 +98,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         callbacks = [epoch_logger]
         if cfg["checkpoint_every"]:
             callbacks.append(RayCheckpoint(cfg["checkpoint_every"], epoch_logger))
-    trainer = build_trainer(exp, callbacks, **_distribution(world, cfg["use_gpu"]))
+    # Manual optimisation (the GAN): each optimiser's backward leaves the other's parameters unused.
+    distribution = _distribution(world, cfg["use_gpu"], find_unused_parameters=not system.automatic_optimization)
+    trainer = build_trainer(exp, callbacks, **distribution)
     if world > 1:
         from ray.train.lightning import prepare_trainer
 
@@ -132,8 +134,9 @@ def build_system(exp: Experiment, info: dict[str, Any], init_state: dict | None 
         from runyard.models.transfer import load_part
 
         load_part(net, init_state)
-    lr_groups = exp.init.lr_groups if exp.init else None
-    return system_for(info["task"])(net, exp.recipe.model_dump(), lr_groups=lr_groups)
+    # Only systems with one optimiser take per-group learning rates (not the GAN's two).
+    extra = {"lr_groups": exp.init.lr_groups} if exp.init and exp.init.lr_groups else {}
+    return system_for(info["task"])(net, exp.recipe.model_dump(), **extra)
 
 
 def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
@@ -165,7 +168,7 @@ def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution)
     )
 
 
-def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
+def _distribution(world: int, use_gpu: bool, find_unused_parameters: bool = False) -> dict[str, Any]:
     accelerator = "gpu" if use_gpu else "cpu"
     if world == 1:
         # One worker needs no process group: skip DDP's wrapper and all-reduce.
@@ -175,7 +178,7 @@ def _distribution(world: int, use_gpu: bool) -> dict[str, Any]:
     return {
         "accelerator": accelerator,
         "devices": "auto",
-        "strategy": RayDDPStrategy(),
+        "strategy": RayDDPStrategy(find_unused_parameters=find_unused_parameters),
         "plugins": [RayLightningEnvironment()],
     }
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from runyard.errors import RunyardError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 MODELS: dict[str, str] = {
@@ -31,6 +32,13 @@ MODELS: dict[str, str] = {
     "graph_mlp": "runyard.models.components.gcn:GraphMLP",
     "conv_autoencoder": "runyard.models.components.autoencoder:ConvAutoencoder",
     "detr": "runyard.models.components.detr:DETR",
+    "dcgan": "runyard.models.components.gan:DCGAN",
+}
+
+# Models that make their experiment's task, whatever the dataset's: a GAN learns to draw a
+# labelled image dataset's images, and the labels train the judge that scores its samples.
+MODEL_TASKS: dict[str, str] = {
+    "dcgan": "generation",
 }
 
 CLASSICAL: dict[str, str] = {
@@ -53,6 +61,8 @@ METRICS = {
     "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
     "reconstruction": ("val/mse", "val/loss", "train/mse", "train/loss"),
     "detection": ("val/map50", "val/loss", "train/map50", "train/loss"),
+    "generation": ("val/inception_score", "val/confidence", "val/class_entropy", "val/nn_distance", "val/d_real",
+                   "train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"),
 }
 # A classical fit has no loss curve: accuracy on the training and validation splits, once.
 CLASSICAL_METRICS = ("val/acc", "train/acc")
@@ -65,6 +75,38 @@ def is_classical(name: Any) -> bool:
 def metrics_for(task: str, model: str | None = None) -> tuple[str, ...]:
     """The metrics a training logs (and so the allowed ``optimized_metric`` values)."""
     return CLASSICAL_METRICS if is_classical(model) else METRICS[task]
+
+
+def experiment_info(model: str, info, dataset: str, where: str):
+    """The dataset's info as the experiment sees it: with the task of its model, if the
+    model has one of its own (``MODEL_TASKS``)."""
+    import dataclasses
+
+    task = MODEL_TASKS.get(model)
+    if task is None:
+        return info
+    if info.task != "classification" or len(info.input_shape) != 3:
+        from runyard.data import DATASETS, dataset_info
+
+        fitting = [d for d in DATASETS
+                   if dataset_info(d).task == "classification" and len(dataset_info(d).input_shape) == 3]
+        raise RunyardError(
+            f"{where}: {model} draws the images of a labelled image dataset and {dataset} is not one; "
+            f"allowed datasets: {', '.join(fitting)}"
+        )
+    return dataclasses.replace(info, task=task)
+
+
+def model_inputs(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    """What ``net`` takes in place of the data samples ``x``: the samples themselves, or for
+    a generator (a net with a ``latent_shape``) as many normal latent codes, always the same
+    ones (seed 0). A generator's outputs "for the test split" are so as many generated images."""
+    import numpy as np
+
+    shape = getattr(net, "latent_shape", None)
+    if shape is None:
+        return x
+    return np.random.default_rng(0).standard_normal((len(x), *shape)).astype(np.float32)
 
 
 def component(name: str):
@@ -116,7 +158,7 @@ def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> No
     try:
         net = build_model(spec, info.input_shape, info.num_outputs)
         with torch.no_grad():
-            out = net.eval()(torch.zeros(2, *info.input_shape))
+            out = net.eval()(torch.from_numpy(model_inputs(net, torch.zeros(2, *info.input_shape).numpy())))
     except RunyardError:
         raise
     except Exception as e:  # noqa: BLE001 (any failure means the model does not fit)

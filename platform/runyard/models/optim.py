@@ -19,9 +19,9 @@ def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
                 params, lr=lr, momentum=recipe.momentum, nesterov=True, weight_decay=wd
             )
         case "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+            return torch.optim.Adam(params, lr=lr, betas=(recipe.momentum, 0.999), weight_decay=wd)
         case "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+            return torch.optim.AdamW(params, lr=lr, betas=(recipe.momentum, 0.999), weight_decay=wd)
         case "rmsprop":
             return torch.optim.RMSprop(params, lr=lr, momentum=recipe.momentum, weight_decay=wd)
         case "adagrad":

@@ -116,10 +116,12 @@ def load_predictor(model_dir: Path, where: str) -> tuple[Callable[[np.ndarray], 
 
     import torch
 
+    from runyard.models import model_inputs
+
     net, _ = load(model_dir, where)
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return net(torch.from_numpy(x)).numpy()
+            return net(torch.from_numpy(model_inputs(net, x))).numpy()
 
     return predict, record

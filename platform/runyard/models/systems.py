@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runyard.config import Recipe
+from runyard.models.gan import GANSystem
 from runyard.models.optim import build_optimizer, build_schedule
 
 
@@ -113,7 +114,7 @@ class DetectorSystem(System):
         return loss, {"loss": loss.detach(), "map50": torch.tensor(map50), **losses[-1][1]}
 
 
-SYSTEMS: dict[str, type[System]] = {
+SYSTEMS: dict[str, type[pl.LightningModule]] = {
     "classification": ClassifierSystem,
     "node_classification": ClassifierSystem,
     "regression": RegressorSystem,
@@ -122,8 +123,9 @@ SYSTEMS: dict[str, type[System]] = {
     # recipe.augment (training batches only) and the clean image as its target.
     "reconstruction": RegressorSystem,
     "detection": DetectorSystem,
+    "generation": GANSystem,
 }
 
 
-def system_for(task: str) -> type[System]:
+def system_for(task: str) -> type[pl.LightningModule]:
     return SYSTEMS[task]

@@ -15,7 +15,9 @@ the first failed send; then the training fails.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 from mlflow import MlflowClient
@@ -39,8 +41,9 @@ class MlflowEpochLogger(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         if trainer.global_rank == 0 and self._client is None:
             self._client = MlflowClient(self.tracking_uri)
+            # train/lr: this logger writes it every epoch, whatever the system logs.
             history = retry_until(
-                lambda: self._client.get_metric_history(self.run_id, "train/loss"),
+                lambda: self._client.get_metric_history(self.run_id, "train/lr"),
                 time.monotonic() + self.retry_s, self._what("reading the epochs already logged"),
             )
             self._logged_through = max((m.step for m in history), default=-1)
@@ -58,8 +61,19 @@ class MlflowEpochLogger(pl.Callback):
         values["train/lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         self._buffer += [Metric(k, v, now, epoch) for k, v in values.items()]
         self._logged_through = epoch
+        self._log_artifacts(pl_module, epoch)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush(wait=False)
+
+    def _log_artifacts(self, pl_module, epoch: int) -> None:
+        """Files a system leaves for each epoch (``epoch_artifacts(epoch, dir)``: the GAN's
+        sample grid) go to the run's artifacts as they are made."""
+        write = getattr(pl_module, "epoch_artifacts", None)
+        if write is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            write(epoch, Path(tmp))
+            self._client.log_artifacts(self.run_id, tmp)
 
     def flush(self, wait: bool = True) -> None:
         """Send the buffer. ``wait=False``: one try, keeping the buffer if the server is

@@ -166,7 +166,7 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
 
     from runyard import stages
     from runyard.evaluation.tasks import EVALUATORS
-    from runyard.models import build_model
+    from runyard.models import build_model, model_inputs
     from runyard.tuning.children import OUTCOME_TAG
     from runyard.tuning.space import apply, decode
 
@@ -186,7 +186,7 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
 
     def predict(x):
         with torch.no_grad():
-            return net(torch.from_numpy(x)).numpy()
+            return net(torch.from_numpy(model_inputs(net, x))).numpy()
 
     with tempfile.TemporaryDirectory() as staging:
         test = EVALUATORS[info.task](exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
