@@ -140,6 +140,11 @@ class Recipe(Strict):
     gradient_clip: PositiveFloat | None = None
     augment: Augment | None = None
     """Data augmentation of training batches (image datasets); None: off."""
+    train_samples: PositiveInt | None = None
+    """Train on a random subset of this many training samples (little data); None: all."""
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Fraction of training labels replaced by uniformly random classes (classifiers;
+    1.0: random labels). Validation and test labels stay true."""
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> Recipe:
@@ -218,6 +223,30 @@ class CrossValidation(Strict):
     folds: Annotated[int, Field(ge=2, le=20)] = 5
 
 
+class Adversarial(Strict):
+    """Test accuracy under an adversarial attack, at each perturbation size."""
+
+    attack: Literal["fgsm"] = "fgsm"
+    """fgsm: one step of size epsilon along the sign of the loss gradient (Goodfellow et al. 2015)."""
+    epsilons: list[NonNegativeFloat] = Field(min_length=1)
+    """Largest change of any input value (L-infinity), in the dataset's input units."""
+    clip: tuple[float, float] | None = None
+    """The valid input range, e.g. [0, 1] for pixel intensities; None: unbounded."""
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"empty or inverted range {list(v)}: need low < high")
+        return v
+
+
+class Evaluation(Strict):
+    """What the evaluate stage measures beyond the task's test metrics."""
+
+    adversarial: Adversarial | None = None
+
+
 class Reference(Strict):
     """A published result to compare with, e.g. the MNIST-1D paper's 94% for its CNN."""
 
@@ -243,6 +272,8 @@ class Experiment(Strict):
     cv: CrossValidation | None = None
     """k-fold cross-validation on train + val: the folds train as parallel Ray tasks."""
     reference: Reference | None = None
+    evaluate: Evaluation | None = None
+    """Extra evaluations of the trained model (``runyard evaluate``)."""
 
     @property
     def model_name(self) -> str:
@@ -396,6 +427,7 @@ class Project:
                 f"{exp.dataset} inputs have shape {tuple(info.input_shape)}"
             )
         task = info.task
+        _check_lessons(exp, task, classical, where)
         allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:
             logged_by = f"classical model {exp.model_name}" if classical else f"a {task} dataset"
@@ -410,6 +442,18 @@ class Project:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_lessons(exp: Experiment, task: str, classical: bool, where: str) -> None:
+    """Random labels and adversarial attacks are about classifiers (attacks: with gradients)."""
+    classifies = task in ("classification", "node_classification")
+    if exp.recipe is not None and exp.recipe.label_noise and not classifies:
+        raise RunyardError(f"{where}: recipe.label_noise: needs a classification dataset; "
+                           f"{exp.dataset} is a {task} dataset")
+    if exp.evaluate is not None and exp.evaluate.adversarial is not None:
+        if not classifies or classical:
+            what = f"{exp.model_name} has no gradients" if classical else f"{exp.dataset} is a {task} dataset"
+            raise RunyardError(f"{where}: evaluate.adversarial: needs a deep classifier; {what}")
 
 
 def _refuse_classical_recipe(raw: Any, where: str) -> None:

@@ -15,6 +15,7 @@ from runyard.config import Experiment
 from runyard.data import DatasetInfo
 from runyard.data.loaders import SplitsDataModule
 from runyard.data.splits import Splits
+from runyard.data.training import training_split
 from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
 
 
@@ -28,5 +29,7 @@ def fit_local(
     pl.seed_everything(seed, verbose=False)
     system = build_system(exp, info.as_config())
     trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=SplitsDataModule(splits, exp.recipe.batch_size, seed), ckpt_path=ckpt_path)
+    data = SplitsDataModule(training_split(splits, exp.recipe, seed, info.num_outputs), exp.recipe.batch_size,
+                            seed, augment=exp.recipe.augment)
+    trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     return trainer

@@ -190,6 +190,9 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     with tempfile.TemporaryDirectory() as staging:
         test = EVALUATORS[info.task](exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
         mlflow.log_artifacts(staging, "evaluation")
+    from runyard.tuning.sweep import record_sweep
+
+    record_sweep(project, exp, info, splits, seed, grid, children)
     mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
     mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
                         "search/trials": len(outcomes)})
