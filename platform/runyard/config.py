@@ -450,10 +450,10 @@ def _check_lessons(exp: Experiment, task: str, classical: bool, where: str) -> N
     if exp.recipe is not None and exp.recipe.label_noise and not classifies:
         raise RunyardError(f"{where}: recipe.label_noise: needs a classification dataset; "
                            f"{exp.dataset} is a {task} dataset")
-    if exp.evaluate is not None and exp.evaluate.adversarial is not None:
-        if not classifies or classical:
-            what = f"{exp.model_name} has no gradients" if classical else f"{exp.dataset} is a {task} dataset"
-            raise RunyardError(f"{where}: evaluate.adversarial: needs a deep classifier; {what}")
+    attacked = exp.evaluate is not None and exp.evaluate.adversarial is not None
+    if attacked and (classical or not classifies):
+        what = f"{exp.model_name} has no gradients" if classical else f"{exp.dataset} is a {task} dataset"
+        raise RunyardError(f"{where}: evaluate.adversarial: needs a deep classifier; {what}")
 
 
 def _refuse_classical_recipe(raw: Any, where: str) -> None:

@@ -247,7 +247,8 @@ def test_sweep_plots_train_val_test_error_against_the_searched_key(tmp_path):
     assert [r["model.width"] for r in table] == ["2", "64"] and table[1]["test/acc"] == "0.41"
     # Lists (hidden layers) are not an axis: the parameter count is.
     lists = [{**r, "model.hidden": [r["model.width"]]} for r in rows]
-    exp2 = exp.model_copy(update={"search": exp.search.model_copy(update={"space": {"model.hidden": exp.search.space["model.width"]}})})
+    space = {"model.hidden": exp.search.space["model.width"]}
+    exp2 = exp.model_copy(update={"search": exp.search.model_copy(update={"space": space})})
     assert axes(exp2, lists) == ["parameters"]
 
 
@@ -292,3 +293,14 @@ def test_every_ablation_variant_learns(project, digits_splits, name):
     acc = accuracy(net, digits_splits.x_test, digits_splits.y_test)
     print(f"{name}: tiny test acc {acc:.3f}")
     assert acc >= 0.35, acc
+
+
+def test_trial_count_expands_grids():
+    from runyard.config import Search
+    from runyard.tuning.search import trial_count
+
+    grid = Search(algorithm="grid", scheduler="fifo", num_samples=2,
+                  space={"model.width": {"grid": [1, 2, 4]}, "recipe.lr": {"choice": [0.1, 0.01]}})
+    assert trial_count(grid) == 2 * 3 * 2
+    tpe = Search(num_samples=5, space={"recipe.lr": {"choice": [0.1, 0.01]}})
+    assert trial_count(tpe) == 5
