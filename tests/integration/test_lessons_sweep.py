@@ -16,13 +16,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "tiny_capacity"
 
 
-# A width-1 net cannot fit 100 digits (train acc ~0.2-0.3); a width-64 one fits them
-# nearly all within 30 epochs. An untrained net is at ~0.1 either way.
+# A width-1 net cannot fit 100 digits (train acc 0.13-0.30 over seeds 0-2, in-process); a
+# width-64 one fits 0.96-1.0 of them in 12 epochs. An untrained net is at ~0.1 either way.
 def test_grid_search_draws_train_val_test_error_against_capacity(prepared):
     (prepared / "pipelines" / f"{NAME}.yaml").write_text(yaml.safe_dump({
         "dataset": "digits",
         "model": {"name": "shallow", "width": 8},
-        "recipe": {"lr": 0.01, "batch_size": 100, "epochs": 30, "train_samples": 100},
+        "recipe": {"lr": 0.03, "batch_size": 100, "epochs": 12, "train_samples": 100},
         "search": {"algorithm": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent": 2,
                    "space": {"model.width": {"grid": [1, 64]}}},
     }))
@@ -35,7 +35,7 @@ def test_grid_search_draws_train_val_test_error_against_capacity(prepared):
     assert set(rows) == {1, 64} and {r["outcome"] for r in rows.values()} == {"completed"}
     train = {w: float(r["train/acc"]) for w, r in rows.items()}
     print(f"train acc by width: {train}; test acc: { {w: r['test/acc'] for w, r in rows.items()} }")
-    assert train[64] >= 0.9 and train[64] - train[1] >= 0.3, train
+    assert train[64] >= 0.85 and train[64] - train[1] >= 0.4, train
     assert int(rows[64]["parameters"]) == 64 * 64 + 64 + 64 * 10 + 10
 
     (parent,), children = search_runs(prepared, NAME)

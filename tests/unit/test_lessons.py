@@ -198,6 +198,7 @@ def test_fgsm_breaks_a_trained_digits_cnn(digits_splits, tmp_path):
     assert (tmp_path / "fgsm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a fresh MLflow store (its schema migrations) and the evaluate stage: 10-30 s
 def test_evaluate_stage_logs_fgsm_metrics_and_plot(prepared):
     """The evaluate stage of a pipeline with ``evaluate.adversarial``: metrics file, plots, MLflow."""
     import mlflow
