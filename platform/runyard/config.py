@@ -169,6 +169,11 @@ class Recipe(Strict):
     gradient_clip: PositiveFloat | None = None
     augment: Augment | None = None
     """Data augmentation of training batches (image datasets); None: off."""
+    train_samples: PositiveInt | None = None
+    """Train on a random subset of this many training samples (little data); None: all."""
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Fraction of training labels replaced by uniformly random classes (classifiers;
+    1.0: random labels). Validation and test labels stay true."""
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> Recipe:
@@ -247,6 +252,30 @@ class CrossValidation(Strict):
     folds: Annotated[int, Field(ge=2, le=20)] = 5
 
 
+class Adversarial(Strict):
+    """Test accuracy under an adversarial attack, at each perturbation size."""
+
+    attack: Literal["fgsm"] = "fgsm"
+    """fgsm: one step of size epsilon along the sign of the loss gradient (Goodfellow et al. 2015)."""
+    epsilons: list[NonNegativeFloat] = Field(min_length=1)
+    """Largest change of any input value (L-infinity), in the dataset's input units."""
+    clip: tuple[float, float] | None = None
+    """The valid input range, e.g. [0, 1] for pixel intensities; None: unbounded."""
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"empty or inverted range {list(v)}: need low < high")
+        return v
+
+
+class Evaluation(Strict):
+    """What the evaluate stage measures beyond the task's test metrics."""
+
+    adversarial: Adversarial | None = None
+
+
 class Reference(Strict):
     """A published result to compare with, e.g. the MNIST-1D paper's 94% for its CNN."""
 
@@ -317,6 +346,8 @@ class Experiment(Strict):
     """Only some classes of a classification dataset, and few training labels per class."""
     init: Init | None = None
     """Initial weights from another experiment's trained model; freezing and per-module learning rates."""
+    evaluate: Evaluation | None = None
+    """Extra evaluations of the trained model (``runyard evaluate``)."""
 
     @property
     def model_name(self) -> str:
@@ -505,6 +536,7 @@ class Project:
         if task == "generation" and exp.recipe is not None and exp.recipe.gradient_clip is not None:
             raise RunyardError(f"{where}: recipe.gradient_clip: not supported by {exp.model_name} (two optimisers, "
                                "stepped by hand); remove the key")
+        _check_lessons(exp, task, classical, where)
         allowed = metrics_for(task, exp.model_name)
         if exp.optimized_metric not in allowed:
             logged_by = f"classical model {exp.model_name}" if classical else f"a {task} dataset"
@@ -545,6 +577,18 @@ class Project:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_lessons(exp: Experiment, task: str, classical: bool, where: str) -> None:
+    """Random labels and adversarial attacks are about classifiers (attacks: with gradients)."""
+    classifies = task in ("classification", "node_classification")
+    if exp.recipe is not None and exp.recipe.label_noise and not classifies:
+        raise RunyardError(f"{where}: recipe.label_noise: needs a classification dataset; "
+                           f"{exp.dataset} is a {task} dataset")
+    attacked = exp.evaluate is not None and exp.evaluate.adversarial is not None
+    if attacked and (classical or not classifies):
+        what = f"{exp.model_name} has no gradients" if classical else f"{exp.dataset} is a {task} dataset"
+        raise RunyardError(f"{where}: evaluate.adversarial: needs a deep classifier; {what}")
 
 
 def _refuse_classical_recipe(raw: Any, where: str) -> None:

@@ -71,7 +71,14 @@ def load_inputs(project: Project, name: str):
             f"{project.rel(project.params_file)}: datasets.{exp.dataset} makes {tuple(info.input_shape)}; "
             f"run `runyard prepare {exp.dataset}` again"
         )
-    return exp, info, view_splits(splits, exp)
+    splits = view_splits(splits, exp)
+    wanted = exp.recipe and exp.recipe.train_samples
+    if wanted and wanted > len(splits.y_train):
+        raise RunyardError(
+            f"{project.rel(project.pipeline_file(name))}: recipe.train_samples: {wanted} is more than "
+            f"the {len(splits.y_train)} training samples of {exp.dataset}"
+        )
+    return exp, info, splits
 
 
 def train(project: Project, name: str, resume: bool = False) -> str:
@@ -242,7 +249,8 @@ def _record(project: Project, exp: Experiment, info, run_id: str, model_uri: str
 def total_epochs(exp: Experiment, splits) -> int:
     if exp.recipe.epochs:
         return exp.recipe.epochs
-    return math.ceil(exp.recipe.steps / math.ceil(len(splits.y_train) / exp.recipe.batch_size))
+    samples = exp.recipe.train_samples or len(splits.y_train)
+    return math.ceil(exp.recipe.steps / math.ceil(samples / exp.recipe.batch_size))
 
 
 def _resumable_run(client, name: str) -> str:
@@ -330,6 +338,12 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
         values = EVALUATORS[info.task](name, info, splits, out, staging, predict)
         if not saved_model.is_classical(record):  # a single fit has no curve to draw
             plots.learning_curve(_read_history(model_dir), name, staging / "learning_curve.png")
+        if exp.evaluate is not None and exp.evaluate.adversarial is not None:
+            from runyard.evaluation import adversarial
+
+            net, _ = saved_model.load(model_dir, project.rel(model_dir))
+            values.update(adversarial.evaluate(name, net, splits.x_test, splits.y_test, info.num_outputs,
+                                               exp.evaluate.adversarial, staging))
 
         run_id = record["run_id"]
         for key, value in values.items():

@@ -171,6 +171,25 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], title: str, out:
     _save(fig, out)
 
 
+def sweep(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str, out: Path,
+          *, logx: bool = False, lines: bool = True, chance: float | None = None) -> None:
+    """One value against a setting (capacity, epsilon, ...): one series of (x, y) points per
+    label, joined in x order when ``lines``; ``chance`` draws the chance level."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", ls="-" if lines else "", label=label)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", label="chance")
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out)
+
+
 def _save(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

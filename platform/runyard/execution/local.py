@@ -15,6 +15,7 @@ from runyard.config import Experiment
 from runyard.data import DatasetInfo
 from runyard.data.loaders import SplitsDataModule
 from runyard.data.splits import Splits
+from runyard.data.training import training_split
 from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
 
 
@@ -29,6 +30,7 @@ def fit_local(
     pl.seed_everything(seed, verbose=False)
     system = build_system(exp, info.as_config(), init_state)
     trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed, augment=exp.recipe.augment)
+    data = SplitsDataModule(training_split(splits, exp.recipe, seed, info.num_outputs), exp.recipe.batch_size,
+                            seed, augment=exp.recipe.augment)
     trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     return trainer

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from runyard.config import Experiment
 from runyard.data.loaders import SplitsDataModule
+from runyard.data.training import training_split
 from runyard.execution.trainer import MODEL_FILE
 from runyard.models import build_model
 from runyard.models.systems import system_for
@@ -83,7 +84,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     exp = Experiment.model_validate(cfg["experiment"])
     init_state = ray.get(cfg["init_ref"]) if cfg.get("init_ref") is not None else None
     system = build_system(exp, cfg["dataset_info"], init_state)
-    splits = ray.get(cfg["data_ref"])
+    splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
     data = SplitsDataModule(
         splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
         augment=exp.recipe.augment,

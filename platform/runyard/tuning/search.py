@@ -98,7 +98,7 @@ def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name
     # refuses an empty request: so the actor asks for one byte of memory instead.
     one_worker = search.workers_per_trial == 1
     trainable = tune.with_resources(trainable, {"cpu": search.cpus_per_worker} if one_worker else {"memory": 1})
-    callbacks = [children, SearchProgress(search.num_samples, exp.optimized_metric, exp.optimized_mode)]
+    callbacks = [children, SearchProgress(trial_count(search), exp.optimized_metric, exp.optimized_mode)]
     path = storage / run_name
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=retry_errored,
@@ -121,6 +121,15 @@ def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name
             ),
         )
     return tuner.fit()
+
+
+def trial_count(search) -> int:
+    """Trials the search runs: num_samples, times every grid's size (Tune expands grids)."""
+    count = search.num_samples
+    for d in search.space.values():
+        if d.kind == "grid" or (d.kind == "choice" and search.algorithm == "grid"):
+            count *= len(d.values)
+    return count
 
 
 def _searcher(exp: Experiment, seed: int, study: str, study_name: str):
@@ -191,6 +200,9 @@ def _finish(project, client, exp: Experiment, info, splits, seed: int, grid, par
     with tempfile.TemporaryDirectory() as staging:
         test = EVALUATORS[info.task](exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
         mlflow.log_artifacts(staging, "evaluation")
+    from runyard.tuning.sweep import record_sweep
+
+    record_sweep(project, exp, info, splits, seed, grid, children)
     mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
     mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
                         "search/trials": len(outcomes)})
