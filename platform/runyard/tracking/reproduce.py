@@ -220,13 +220,7 @@ def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
         return "rebuilt (untracked when trained)"
     if not (wt / ".dvc").is_dir():
         raise RunyardError(f"reproduce: {spec}: commit {rec.commit[:12]} has no .dvc/: not a DVC project then")
-    # Share the project's DVC cache and local remote settings (credentials stay out of git).
-    local = project.root / ".dvc" / "config.local"
-    if local.is_file():
-        shutil.copy2(local, wt / ".dvc" / "config.local")
-    cache = _dvc(project.root, "cache", "dir")
-    if cache.returncode == 0 and cache.stdout.strip():
-        _dvc(wt, "cache", "dir", "--local", cache.stdout.strip())
+    _share_dvc_settings(project.root, wt)
     # Track the version by its hash in a .dvc file of its own: it need not be in the
     # commit's dvc.lock, and dvc.yaml's outputs may not overlap another file's.
     work = wt / WORK_DIR
@@ -243,6 +237,20 @@ def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     (work / rec.dataset).rename(target)
     return f"data/{rec.dataset} {rec.data_md5} (DVC)"
+
+
+def _share_dvc_settings(root: Path, wt: Path) -> None:
+    """The worktree uses the project's DVC cache and its local settings (remote credentials
+    live in .dvc/config.local, outside git)."""
+    from configobj import ConfigObj
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        cache_dir = repo.cache.local_cache_dir
+    local = ConfigObj(str(root / ".dvc" / "config.local"))
+    local.filename = str(wt / ".dvc" / "config.local")
+    local.setdefault("cache", {})["dir"] = cache_dir
+    local.write()
 
 
 def _stage(wt: Path, env: dict[str, str], spec: str, verb: str, name: str) -> None:
