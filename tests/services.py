@@ -238,6 +238,8 @@ class MlflowServer:
     username: str | None
     password: str | None
     log: Path
+    process: subprocess.Popen
+    """The server's process (leader of its own session): ``stop(server.process)`` takes it down."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -286,7 +288,7 @@ def mlflow_server(backend_uri: str, artifacts: str, auth: bool = True, env: dict
         proc = start(cmd, log, server_env, cwd=Path(tmp))
         try:
             wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", timeout_s, proc, log)
-            yield MlflowServer(url, username, password, log)
+            yield MlflowServer(url, username, password, log, proc)
         finally:
             stop(proc)
 
