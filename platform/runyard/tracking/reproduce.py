@@ -40,6 +40,7 @@ COMPARED = ("train/", "val/", "test/", "cv/val/")
 WORK_DIR = ".runyard-reproduce"
 """Inside the worktree: the data version's .dvc file, apart from dvc.yaml's outputs."""
 TAG_OF = "runyard.reproduction.of"
+VERSION_TAG = "runyard.version."
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Reproduction:
     data: str
     tolerance: float
     rows: list[Row] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    """Packages whose version differs from the recorded one (``torch 2.12.0 -> 2.13.0``)."""
 
     @property
     def off(self) -> list[Row]:
@@ -90,6 +93,7 @@ class Lineage:
     dataset: str
     data_md5: str
     metrics: dict[str, float]
+    versions: dict[str, str]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -139,12 +143,14 @@ def lineage(client, spec: str) -> Lineage:
         experiment=client.get_experiment(run.info.experiment_id).name, commit=commit,
         dataset=data_tags[0].removeprefix("runyard.data.").removesuffix(".md5"),
         data_md5=tags[data_tags[0]], metrics=dict(run.data.metrics),
+        versions={k.removeprefix(VERSION_TAG): v for k, v in tags.items() if k.startswith(VERSION_TAG)},
     )
 
 
 def reproduce(project: Project, spec: str, tolerance: float = TOLERANCE) -> Reproduction:
     """Rebuild ``MODEL@ALIAS`` from its lineage and compare its metrics with the recorded ones."""
     from runyard.stages import tracking_uri
+    from runyard.tracking.lineage import package_versions
     from runyard.tracking.runs import use_tracking
 
     if not (tolerance >= 0):
@@ -171,8 +177,11 @@ def reproduce(project: Project, spec: str, tolerance: float = TOLERANCE) -> Repr
     reproduced = client.get_run(new_run).data.metrics
     rows = [Row(k, v, reproduced.get(k)) for k, v in sorted(rec.metrics.items())
             if k.startswith(COMPARED) and not k.startswith("cv/fold/")]
+    now = {k.removeprefix(VERSION_TAG): v for k, v in package_versions().items()}
+    versions = [f"{pkg} {old} -> {now.get(pkg, 'missing')}" for pkg, old in sorted(rec.versions.items())
+                if now.get(pkg) != old]
     return Reproduction(rec.model, rec.version, rec.experiment, rec.commit, rec.run_id, new_run,
-                        data, tolerance, rows)
+                        data, tolerance, rows, versions)
 
 
 # --------------------------------------------------------------------------- steps
@@ -291,6 +300,8 @@ def report(result: Reproduction, console) -> None:
         table.add_row(r.metric, f"{r.recorded:.6f}", new, diff, "ok" if r.within(result.tolerance) else "OFF")
     console.print(table)
     console.print(f"data: {result.data}")
+    if result.versions:  # the usual reason for a difference
+        console.print(f"packages differ from the recorded run's: {', '.join(result.versions)}")
     if result.ok:
         console.print(f"reproduced {result.model} v{result.version}: all {len(result.rows)} metrics within "
                       f"{result.tolerance:g} (new run {result.new_run})")
