@@ -95,9 +95,11 @@ def reproduce(
 ):
     """Rebuild a registered model from its lineage (commit, data version) and compare its metrics.
 
-    Checks the recorded commit out in a temporary worktree, pulls the recorded data with DVC,
-    trains and evaluates there into the same tracking store (nothing is registered), and
-    prints recorded against reproduced metrics. Example: runyard reproduce mnist1d_cnn@champion
+    The recorded commit is checked out in a temporary worktree and its data pulled with DVC.
+
+    Trains and evaluates there into the same tracking store; nothing is registered, no alias moves.
+
+    Example: runyard reproduce mnist1d_cnn@champion
     """
     from runyard.progress import report_console
     from runyard.tracking.reproduce import TOLERANCE, report
