@@ -134,3 +134,7 @@ def assert_one_line_config_error(call, fragments) -> None:
     assert "\n" not in msg
     for fragment in fragments:
         assert fragment in msg, (fragment, msg)
+
+
+# Real services (PostgreSQL, S3, MLflow server) as session fixtures: tests/services.py.
+pytest_plugins = ("tests.services",)

@@ -87,6 +87,30 @@ def register(experiment: str = typer.Argument(..., help="Name of a trained exper
     typer.echo(f"registered {reg.name} v{reg.version} ({reg.metric}={reg.value:.4f}; {moved})")
 
 
+@app.command()
+def reproduce(
+    model: str = typer.Argument(..., help="MODEL@ALIAS of a registered model, e.g. mnist1d_cnn@champion"),
+    tolerance: float = typer.Option(
+        None, "--tolerance", help="Largest absolute difference allowed per metric (default 1e-4); beyond it, exit 1."),
+):
+    """Rebuild a registered model from its lineage (commit, data version) and compare its metrics.
+
+    The recorded commit is checked out in a temporary worktree and its data pulled with DVC.
+
+    Trains and evaluates there into the same tracking store; nothing is registered, no alias moves.
+
+    Example: runyard reproduce mnist1d_cnn@champion
+    """
+    from runyard.progress import report_console
+    from runyard.tracking.reproduce import TOLERANCE, report
+    from runyard.tracking.reproduce import reproduce as run
+
+    result = run(_project(), model, tolerance=TOLERANCE if tolerance is None else tolerance)
+    report(result, report_console())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 @app.command(name="list")
 def list_experiments():
     """Every experiment with its dataset, model and last test result."""

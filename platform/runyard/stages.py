@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -45,7 +46,8 @@ def tracking_uri(project: Project) -> str:
     from runyard.tracking.uri import check_reachable, resolve
 
     uri = resolve(project.params.tracking_uri, project.root)
-    check_reachable(uri, where=f"{project.rel(project.params_file)}: mlflow.tracking_uri")
+    where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
+    check_reachable(uri, where="MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else where)
     return uri
 
 

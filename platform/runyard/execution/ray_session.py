@@ -38,6 +38,18 @@ TRAIN_ENV = {
 }
 
 
+# Rank 0 logs epochs to the tracking server. A local Ray's workers inherit this
+# process's environment; a cluster's do not, so its credentials travel with the job.
+FORWARDED = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+             "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+
+
+def forwarded_env() -> dict | None:
+    """A Ray runtime env carrying the MLflow client settings set here to a cluster's workers."""
+    env = {k: os.environ[k] for k in FORWARDED if os.environ.get(k)}
+    return {"env_vars": env} if env else None
+
+
 def address_of(ray_params: RayParams) -> str:
     return os.environ.get("RAY_ADDRESS") or ray_params.address or LOCAL
 
@@ -59,7 +71,7 @@ def connect(ray_params: RayParams, where: str) -> str:
         return address
     _check_reachable(address, where)
     try:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, runtime_env=forwarded_env(), **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+OUTPUTS = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)plots")
 PACKAGES = ("runyard", "torch", "lightning", "ray", "mlflow", "dvc", "numpy", "scikit-learn", "skops")
 
 
@@ -25,7 +26,10 @@ def git_state(root: Path) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"runyard.git.commit": "none", "runyard.git.dirty": "unknown"}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # What the pipeline writes is not a change to its definition: `dvc repro` updates
+    # dvc.lock (and metrics/, plots/) before later stages train, and the data read is
+    # recorded by hash below. Anything else uncommitted makes the commit unfaithful.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *OUTPUTS)
     return {
         "runyard.git.commit": commit,
         "runyard.git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),

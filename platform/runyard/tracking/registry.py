@@ -40,7 +40,10 @@ def register(
     except MlflowException:
         client.create_registered_model(name, description=f"runyard experiment {name}")
     versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    mv = versions[0] if versions else client.create_model_version(name, model_uri, run_id)
+    # A logged model (models:/m-...) is named by its id too: a tracking server refuses the
+    # version otherwise ("the model_id request parameter must identify ..."); sqlite does not check.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = versions[0] if versions else client.create_model_version(name, model_uri, run_id, model_id=model_id)
     client.set_model_version_tag(name, mv.version, metric, str(value))
 
     try:

@@ -29,9 +29,17 @@ def use_tracking(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> str:
+    """The experiment's id, creating it with its artifacts at ``artifact_location``.
+
+    On a tracking server a local path (the embedded default, ``mlflow.artifact_root:
+    mlruns/artifacts``) would put artifacts on whichever machine logged them: the
+    server's own store (``--artifacts-destination``, e.g. S3) is used instead. A URI
+    (``s3://...``) is used as it is."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    if client.tracking_uri.startswith(("http://", "https://")) and artifact_location.startswith("file:"):
+        artifact_location = None
     return client.create_experiment(name, artifact_location=artifact_location)
 
 

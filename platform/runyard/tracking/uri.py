@@ -43,16 +43,45 @@ def check_reachable(uri: str, where: str) -> None:
             raise RunyardError(f"{where}: {parent} is not writable")
         return
     if scheme in ("http", "https"):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5)
-        except requests.RequestException as e:
-            reason = type(e).__name__
-            raise RunyardError(f"{where}: tracking server {uri} is unreachable ({reason})") from None
+        _check_server(uri, where)
         return
     if scheme in ("", "file"):
         raise RunyardError(
             f"{where}: {uri!r}: the file store is deprecated in MLflow; "
             "allowed: sqlite:///PATH, http(s)://SERVER, postgresql://..."
         )
+
+
+def _check_server(uri: str, where: str) -> None:
+    """The server answers, and lets us in with the credentials MLflow will send.
+
+    /health needs no credentials, so an authenticated request follows: a server with
+    auth on and no or wrong MLFLOW_TRACKING_USERNAME/PASSWORD fails here, in one line,
+    rather than after Ray started and a model trained."""
+    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    base = uri.rstrip("/")
+    try:
+        requests.get(base + "/health", timeout=5)
+        creds = get_default_host_creds(base)
+        response = http_request(
+            creds, "/api/2.0/mlflow/experiments/search", "GET", params={"max_results": 1},
+            max_retries=0, timeout=30, raise_on_status=False,
+        )
+    except Exception as e:  # requests' and MLflow's connection errors alike
+        reason = type(e).__name__
+        raise RunyardError(f"{where}: tracking server {uri} is unreachable ({reason})") from None
+    status = response.status_code
+    if status == 401:
+        if creds.username or creds.token:
+            who = f"user {creds.username!r}" if creds.username else "MLFLOW_TRACKING_TOKEN"
+            raise RunyardError(f"{where}: tracking server {uri} refused the credentials of {who} (401): "
+                               "check MLFLOW_TRACKING_USERNAME/PASSWORD")
+        raise RunyardError(f"{where}: tracking server {uri} requires credentials (401): "
+                           "set MLFLOW_TRACKING_USERNAME/PASSWORD")
+    if status == 403:
+        raise RunyardError(f"{where}: tracking server {uri}: user {creds.username!r} may not read experiments (403)")
+    if status >= 400:
+        raise RunyardError(f"{where}: tracking server {uri} answered {status} to an experiment search")
