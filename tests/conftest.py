@@ -138,3 +138,17 @@ def assert_one_line_config_error(call, fragments) -> None:
 
 # Real services (PostgreSQL, S3, MLflow server) as session fixtures: tests/services.py.
 pytest_plugins = ("tests.services",)
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(monkeypatch):
+    """Using a store in-process sets MLflow's process-wide tracking and registry URIs:
+    restore them after every test, so no test reads another's store."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)

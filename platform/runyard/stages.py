@@ -146,6 +146,12 @@ def train(project: Project, name: str, resume: bool = False) -> str:
         # train-mode module would serve with dropout on and batch norm on batch statistics.
         net.eval()
         with status("logging the model"):
+            # The training may end while the tracking server is down (rank 0 buffers its
+            # epochs): wait for it, as long as mlflow.retry_s allows, before logging the model.
+            from runyard.tracking.outage import retry_until
+
+            retry_until(lambda: client.get_run(run_id), time.monotonic() + retry_s,
+                        f"logging the model to {uri}: no answer for {retry_s:g} s (params.yaml: mlflow.retry_s)")
             model_uri = log_model(project, net, splits.x_test[:5])
             history = _history(client, run_id, info.task)
             _log_learning_curve(name, history)

@@ -19,26 +19,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "digits_decision_tree"
 
 
-@pytest.fixture
-def isolated_mlflow(monkeypatch):
-    """Reading the store in-process sets MLflow's process-wide URIs: restore them afterwards."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
-
-
 def cli_ok(*args: str, cwd) -> str:
     result = runyard_cli(*args, cwd=cwd, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout
 
 
-def test_train_evaluate_register_a_classical_model(prepared, isolated_mlflow, capsys):
+def test_train_evaluate_register_a_classical_model(prepared, capsys):
     import mlflow
     from mlflow import MlflowClient
 

@@ -24,23 +24,10 @@ import pytest
 
 from tests.conftest import one_line_error, runyard_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("isolated_mlflow")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEEP, CLASSICAL, ALIAS = "mnist1d_logistic", "digits_knn", "champion"
 STARTUP_S = 180  # a deadline, not a wait: a busy 2-core machine takes long to import torch and MLflow
-
-
-@pytest.fixture
-def isolated_mlflow(monkeypatch):
-    """Using the store in-process sets MLflow's process-wide URIs: restore them afterwards."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
 
 
 def free_port() -> int:
