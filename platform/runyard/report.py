@@ -68,6 +68,6 @@ def summary(project: Project) -> None:
         "  models:    models/<experiment>/         and the MLflow Model Registry\n"
         f"  tracking:  {uri}\n"
         "\n[bold]Open the MLflow UI[/bold]\n"
-        f"  make ui    (= .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)\n"
-        "  then browse http://127.0.0.1:5000"
+        "  make ui    (= .venv/bin/runyard ui: the store above, on 127.0.0.1 only)\n"
+        "  then browse http://127.0.0.1:5000 and pick \"Model training\" at the top left"
     )
