@@ -4,6 +4,7 @@ keeps its security properties. Offline: kubectl's kustomize renders, nothing is 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +18,9 @@ from tests.conftest import ON_CI, REPO
 
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "prod")
-KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
+# The KubeRay project's CRDs live beside the repository (not copied into it); a clone
+# elsewhere points at them with RUNYARD_KUBERAY_SCHEMAS.
+KUBERAY_SCHEMAS = Path(os.environ.get("RUNYARD_KUBERAY_SCHEMAS") or REPO.parent / "shared" / "schemas" / "kuberay")
 CLUSTER = "runyard"
 RAY_KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 RAY_PORTS = (8265, 10001)  # dashboard / Jobs API, Ray client
