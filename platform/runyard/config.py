@@ -493,7 +493,7 @@ class Project:
 
     def _check_experiment(self, exp: Experiment, where: str) -> None:
         from runyard.data import DATASETS
-        from runyard.models import check_model_fits, check_model_spec, experiment_info, is_classical, metrics_for
+        from runyard.models import check_model_fits, check_model_spec, is_classical, metrics_for
 
         if exp.dataset not in DATASETS:
             raise RunyardError(
@@ -508,7 +508,8 @@ class Project:
                 )
         for section in ("searches", "catalogue.searches"):
             if exp.name in self.params.dataset_maps()[section] and exp.search is None:
-                raise RunyardError(f"{self.rel(self.params_file)}: {section}.{exp.name}: {where} has no search: section")
+                raise RunyardError(
+                    f"{self.rel(self.params_file)}: {section}.{exp.name}: {where} has no search: section")
         finetune = self.params.catalogue.finetunes.get(exp.name)
         source = exp.init.source if exp.init else None
         if finetune is not None and finetune.source != source:

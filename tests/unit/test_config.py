@@ -52,7 +52,8 @@ def test_catalogue_stages_resolve_in_dvc(project_dir):
         assert {f"{prefix}{verb}@{name}" for verb in ("train", "evaluate", "register")} <= set(listed)
     assert {f"{prefix}tune@{name}" for name in catalogue.searches} <= set(listed)
     for name in catalogue.finetunes:
-        assert {f"{prefix}{verb}@{name}" for verb in ("finetune", "evaluate_finetune", "register_finetune")} <= set(listed)
+        verbs = ("finetune", "evaluate_finetune", "register_finetune")
+        assert {f"{prefix}{verb}@{name}" for verb in verbs} <= set(listed)
 
 
 def test_defaults_are_the_embedded_setup(project):
