@@ -274,16 +274,16 @@ def _resumable_run(client, name: str) -> str:
 
 
 def log_model(project: Project, net, example: np.ndarray) -> str:
-    import mlflow
     import torch
     from mlflow.models import infer_signature
 
     from runyard.models import model_inputs
+    from runyard.tracking import mlflow_pytorch
 
     example = model_inputs(net, example)
     with torch.no_grad():
         out = net(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
+    info = mlflow_pytorch().log_model(
         net,
         name="model",
         signature=infer_signature(example, out),

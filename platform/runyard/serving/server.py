@@ -126,7 +126,10 @@ class Watcher:
 def load(target: Target, mv: ModelVersion) -> Served:
     import mlflow.pyfunc
 
+    from runyard.tracking import mlflow_pytorch
+
     start = time.monotonic()
+    mlflow_pytorch()  # a torch model's loader, without a second copy of Lightning
     path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{target.name}/{mv.version}")
