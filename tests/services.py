@@ -84,6 +84,22 @@ def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
 
 
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group this module started, as a crash or a lost machine would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def wait_port_free(port: int, timeout_s: float = 30.0) -> None:
+    """Until nothing listens on 127.0.0.1:``port`` (a killed server's workers may linger)."""
+    def free() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) != 0
+
+    wait_until(free, f"port {port} to be free", timeout_s)
+
+
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process group this module started, then SIGKILL it after ``grace_s``."""
     if proc.poll() is not None:
@@ -258,16 +274,12 @@ def mlflow_server(backend_uri: str, artifacts: str, auth: bool = True, env: dict
 
     With ``auth``, basic auth is on: an `admin` user with a random password, its user
     store in ``auth_db_uri`` (default: a sqlite file next to the server's log)."""
-    mlflow = BIN / "mlflow"
-    if not mlflow.is_file():
-        missing(f"mlflow not installed next to {sys.executable}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="runyard-mlflow-") as tmp:
         log = Path(tmp) / "server.log"
         server_env = dict(env or {})
-        cmd = [str(mlflow), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        app_name = None
         username = password = None
         if auth:
             username, password = "admin", secrets.token_urlsafe(16)
@@ -284,13 +296,34 @@ def mlflow_server(backend_uri: str, artifacts: str, auth: bool = True, env: dict
             server_env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
             # The auth app's CSRF protection refuses to start without a static key.
             server_env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16))
-            cmd += ["--app-name", "basic-auth"]
-        proc = start(cmd, log, server_env, cwd=Path(tmp))
+            app_name = "basic-auth"
+        proc = start_mlflow(port, backend_uri, artifacts, log, server_env, Path(tmp), app_name)
         try:
-            wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", timeout_s, proc, log)
+            wait_mlflow(url, proc, log, timeout_s)
             yield MlflowServer(url, username, password, log, proc)
         finally:
             stop(proc)
+
+
+def start_mlflow(port: int, backend_uri: str, artifacts: str, log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, app_name: str | None = None) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:``port``, one worker, proxying artifacts to ``artifacts``.
+    The bare process, for a test that stops and restarts it; most want ``mlflow_server``."""
+    mlflow = BIN / "mlflow"
+    if not mlflow.is_file():
+        missing(f"mlflow not installed next to {sys.executable}")
+    cmd = [str(mlflow), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if app_name:
+        cmd += ["--app-name", app_name]
+    # No job runner (GenAI judges: seven queue consumers): a faster start and restart.
+    return start(cmd, log, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}, cwd)
+
+
+def wait_mlflow(url: str, proc: subprocess.Popen | None = None, log: Path | None = None,
+                timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until the server at ``url`` answers /health (``proc`` exiting first is an error)."""
+    wait_until(lambda: http_ok(f"{url}/health"), f"mlflow server at {url}", timeout_s, proc, log)
 
 
 # --------------------------------------------------------------------------- fixtures

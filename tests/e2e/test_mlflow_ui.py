@@ -9,17 +9,15 @@ driven by Playwright (no browser download).
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from tests import services
 from tests.conftest import ON_CI, runyard_cli
-from tests.e2e import mlflow_server
 from tests.integration.test_tune import NAME, search_runs, write_search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,7 +67,7 @@ def searched(prepared):
     write_search(prepared, num_samples=2, epochs=2)
     # Create the store's tables once, so the UI and the search do not race to.
     MlflowClient(f"sqlite:///{prepared / 'mlruns' / 'mlflow.db'}").search_experiments()
-    port = mlflow_server.free_port()
+    port = services.free_port()
     with (prepared.parent / "ui.log").open("wb") as log:
         ui = subprocess.Popen(
             [sys.executable, "-m", "runyard", "ui", "--port", str(port)], cwd=prepared,
@@ -79,10 +77,10 @@ def searched(prepared):
         result = runyard_cli("tune", NAME, cwd=prepared, timeout=600)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         url = f"http://127.0.0.1:{port}"
-        mlflow_server.wait_ready(url, time.monotonic() + 180, ui)
+        services.wait_mlflow(url, ui, prepared.parent / "ui.log", timeout_s=180)
         yield prepared, url
     finally:
-        mlflow_server.stop(ui, signal.SIGTERM)
+        services.stop(ui)
 
 
 def test_ui_shows_search_runs_lineage_and_champion(searched, browser_page):

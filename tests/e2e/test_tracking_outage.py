@@ -8,7 +8,6 @@ training fails in one line instead, and never hangs.
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e import mlflow_server
+from tests import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,19 +34,19 @@ class Server:
     """One store (sqlite file + artifacts) served on one port, stopped and started again."""
 
     def __init__(self, tmp: Path):
-        self.db, self.port = tmp / "mlflow.db", mlflow_server.free_port()
+        self.db, self.port = tmp / "mlflow.db", services.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp, self.proc = tmp, None
 
     def start(self) -> None:
-        self.proc = mlflow_server.start(
-            self.port, f"sqlite:///{self.db}", self.tmp / "artifacts", self.tmp / "server.log"
-        )
-        mlflow_server.wait_ready(self.url, time.monotonic() + 180, self.proc)
+        log = self.tmp / "server.log"
+        self.proc = services.start_mlflow(self.port, f"sqlite:///{self.db}", str(self.tmp / "artifacts"), log)
+        # Generous: on a loaded 2-core machine `mlflow server` can take minutes to start.
+        services.wait_mlflow(self.url, self.proc, log, timeout_s=180)
 
     def kill(self) -> None:
-        mlflow_server.stop(self.proc, signal.SIGKILL)
-        mlflow_server.wait_port_free(self.port, time.monotonic() + 30)
+        services.kill(self.proc)
+        services.wait_port_free(self.port)
 
     def epochs_logged(self) -> list[int]:
         """Steps of train/loss, read from the store's file: works while the server is down."""
@@ -63,8 +62,7 @@ def server(tmp_path):
     s = Server(tmp_path)
     s.start()
     yield s
-    if s.proc.poll() is None:
-        mlflow_server.stop(s.proc, signal.SIGTERM)
+    services.stop(s.proc)
 
 
 def configure(root: Path, retry_s: float) -> None:

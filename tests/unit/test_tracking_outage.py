@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from runyard.tracking.outage import TrackingUnavailable, is_transient, retry_until, try_once
-from tests.e2e.mlflow_server import free_port
+from tests.services import free_port
 
 
 def test_a_refused_connection_is_transient_and_retried_until_the_deadline():
