@@ -117,7 +117,6 @@ def train(project: Project, name: str, resume: bool = False) -> str:
     resume_id = _resumable_run(client, name) if resume else None
     with status("connecting to Ray"):
         address = ray_session.connect(params.ray, where)
-    ray_session.check_resources(params.ray, where)
 
     exp_id = ensure_experiment(
         client, name, artifact_location(params.mlflow.artifact_root, project.root, name)

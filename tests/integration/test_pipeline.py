@@ -5,6 +5,7 @@ Real DVC CLI, real local Ray (Ray Train workers), real MLflow sqlite store.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import sqlite3
@@ -126,6 +127,24 @@ def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
     assert_nested_search(root, SEARCH, SEARCH_TRIALS, SEARCH_EPOCHS)
     (parent,) = [r for r in runs_of(c, SEARCH) if r.data.tags.get("runyard.kind") == "search"]
     assert parent.data.tags["runyard.git.commit"] == head
+    assert_sweep(c, root, parent, [r for r in runs_of(c, SEARCH) if r.info.run_id != parent.info.run_id])
+
+
+def assert_sweep(c, root: Path, parent, children) -> None:
+    """A search ends with a sweep: every trial's model scored on its training split,
+    validation and test, as a table and figures in plots/ and on the parent, and on each child."""
+    out = root / "plots" / "tune" / SEARCH
+    rows = {r["trial_id"]: r for r in csv.DictReader((out / "sweep.csv").open())}
+    assert len(rows) == SEARCH_TRIALS
+    for child in children:
+        row = rows[child.data.tags["runyard.trial_id"]]
+        assert row["outcome"] == child.data.tags["runyard.trial.outcome"]
+        assert child.data.metrics["sweep/train_acc"] == pytest.approx(float(row["train/acc"]))
+        assert child.data.metrics["test/acc"] == pytest.approx(float(row["test/acc"]))
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert figures and all((out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    logged = {a.path for a in c.list_artifacts(parent.info.run_id, "sweep")}
+    assert logged == {f"sweep/{name}" for name in ["sweep.csv", *figures]}
 
 
 def _run_status(root: Path) -> list[str]:

@@ -54,12 +54,19 @@ def address_of(ray_params: RayParams) -> str:
     return os.environ.get("RAY_ADDRESS") or ray_params.address or LOCAL
 
 
-def connect(ray_params: RayParams, where: str) -> str:
-    """Initialise Ray once per process; return the address it is connected to."""
+def connect(ray_params: RayParams, where: str, need: RayParams | None = None, need_where: str = "") -> str:
+    """Initialise Ray once per process, check that it can place ``need`` (default: the
+    workers of ``ray_params``; ``need_where`` names that setting), return its address.
+
+    A local Ray is checked against this machine before it is started: a request it can
+    never meet fails in a blink rather than after Ray's start-up.
+    """
     import ray
 
     address = address_of(ray_params)
+    need, need_where = need or ray_params, need_where or where
     if ray.is_initialized():
+        check_resources(need, need_where)
         return address
     # Keep a local Ray on loopback rather than the machine's public interface.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -67,15 +74,32 @@ def connect(ray_params: RayParams, where: str) -> str:
         os.environ.setdefault(key, value)
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == LOCAL:
+        # CPUs and GPUs only: a local Ray's other resources (memory) are known once it runs.
+        check_resources(need.model_copy(update={"resources_per_worker": {}}), need_where, local_resources())
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **quiet)
-        return address
-    _check_reachable(address, where)
-    try:
-        ray.init(address=address, runtime_env=forwarded_env(), **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None
+    else:
+        _check_reachable(address, where)
+        try:
+            ray.init(address=address, runtime_env=forwarded_env(), **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None
+    check_resources(need, need_where)
     return address
+
+
+def local_resources() -> dict[str, float]:
+    """The CPUs and GPUs a local Ray would find here: Ray's own CPU count (it reads
+    cgroup quotas too), and the CUDA devices torch sees (CUDA_VISIBLE_DEVICES applies)."""
+    import torch
+
+    try:
+        from ray._private.utils import get_num_cpus
+    except ImportError:  # a Ray without it: the scheduler's affinity is the next best count
+        cpus = len(os.sched_getaffinity(0))
+    else:
+        cpus = get_num_cpus()
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
 
 
 def _check_reachable(address: str, where: str) -> None:
@@ -96,11 +120,11 @@ def _check_reachable(address: str, where: str) -> None:
         ) from None
 
 
-def check_resources(ray_params: RayParams, where: str) -> None:
-    """Fail before training if the cluster can never place the requested workers."""
+def check_resources(ray_params: RayParams, where: str, have: dict[str, float] | None = None) -> None:
+    """Fail before training if the cluster (or ``have``) can never place the requested workers."""
     import ray
 
-    have = ray.cluster_resources()
+    have = ray.cluster_resources() if have is None else have
     n = ray_params.num_workers
     need = {"CPU": n * ray_params.cpus_per_worker}
     if ray_params.use_gpu:

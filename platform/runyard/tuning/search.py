@@ -42,9 +42,9 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
 
     client = use_tracking(uri)
     parent_id = _resumable_search(client, name, where) if resume else None
-    address = ray_session.connect(params.ray, project.rel(project.params_file))
     one_trial = RayParams(num_workers=exp.search.workers_per_trial, cpus_per_worker=exp.search.cpus_per_worker)
-    ray_session.check_resources(one_trial, f"{where}: search.workers_per_trial")
+    address = ray_session.connect(params.ray, project.rel(project.params_file),
+                                  need=one_trial, need_where=f"{where}: search.workers_per_trial")
 
     exp_id = ensure_experiment(client, name, artifact_location(params.mlflow.artifact_root, project.root, name))
     tags = {**lineage_tags(project.root, exp.dataset, exp.digest(), address), KIND_TAG: "search"}
