@@ -103,3 +103,14 @@ def test_cluster_too_small(prepared, key, value, expected):
     assert expected in err
     assert run_count(prepared) == 0
     assert not (prepared / "models").exists()
+
+
+def test_search_trials_too_big_for_the_machine(prepared):
+    """A trial that needs more CPUs than this machine has: refused before Ray starts."""
+    pipe = prepared / "pipelines" / "mnist1d_cnn_search.yaml"
+    spec = yaml.safe_load(pipe.read_text())
+    spec["search"]["workers_per_trial"] = 64
+    pipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    err = one_line_error(runyard_cli("tune", "mnist1d_cnn_search", cwd=prepared))
+    assert "search.workers_per_trial: ray.num_workers: 64 worker(s) need 64 CPU in all" in err, err
+    assert run_count(prepared) == 0
