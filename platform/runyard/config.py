@@ -568,7 +568,7 @@ class Project:
                     f"{where}: subset.classes: {bad} not in {exp.dataset}; allowed: 0..{info.num_classes - 1}"
                 )
         # A model may make the task its own (a GAN draws a labelled image dataset's images).
-        from runyard.models import experiment_info as with_model_task
+        from runyard.models import with_model_task
 
         return with_model_task(exp.model_name, view_info(info, exp), exp.dataset, where=f"{where}: model")
 

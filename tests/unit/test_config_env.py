@@ -30,3 +30,19 @@ def test_env_settings_name_real_keys():
 
     for section, key in ENV_SETTINGS.values():
         assert key in Params.model_fields[section].annotation.model_fields
+
+
+def test_jobs_and_cluster_workers_get_the_tracking_credentials(project, monkeypatch):
+    """What `runyard submit` gives a job, and what a cluster's training workers get."""
+    from runyard.execution.jobs import job_env
+    from runyard.execution.ray_session import forwarded_env
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert "MLFLOW_TRACKING_PASSWORD" not in job_env(project) and forwarded_env() is None
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    env = job_env(project)
+    assert env["MLFLOW_TRACKING_USERNAME"] == "alice" and env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert env["MLFLOW_TRACKING_URI"].startswith("sqlite:///") and "DVC_SYSTEM_CONFIG_DIR" in env
+    assert forwarded_env() == {"env_vars": {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"}}

@@ -17,13 +17,13 @@ from runyard.data import dataset_info, digits
 from runyard.errors import RunyardError
 from runyard.evaluation.generation import judge, quality
 from runyard.evaluation.tasks import EVALUATORS
-from runyard.models import build_model, check_model_fits, experiment_info, model_inputs
+from runyard.models import build_model, check_model_fits, model_inputs, with_model_task
 from runyard.models.optim import build_optimizer
 from tests.conftest import assert_one_line_config_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DIGITS = experiment_info("dcgan", dataset_info("digits"), "digits", "p.yaml: model")
+DIGITS = with_model_task("dcgan", dataset_info("digits"), "digits", "p.yaml: model")
 TINY = {"name": "dcgan", "latent_dim": 16, "generator_channels": [32, 16], "discriminator_channels": [16, 32]}
 
 
@@ -62,9 +62,9 @@ def test_dcgan_draws_images_from_latent_codes():
 def test_generation_task_comes_from_the_model():
     assert DIGITS.task == "generation" and DIGITS.output_shape == (1, 8, 8)
     check_model_fits({"name": "dcgan"}, DIGITS, "digits", where="p.yaml: model")
-    assert experiment_info("cnn2d", dataset_info("digits"), "digits", "w") == dataset_info("digits")
+    assert with_model_task("cnn2d", dataset_info("digits"), "digits", "w") == dataset_info("digits")
     with pytest.raises(RunyardError) as err:
-        experiment_info("dcgan", dataset_info("regression1d"), "regression1d", "p.yaml: model")
+        with_model_task("dcgan", dataset_info("regression1d"), "regression1d", "p.yaml: model")
     assert str(err.value) == ("p.yaml: model: dcgan draws the images of a labelled image dataset and "
                               "regression1d is not one; allowed datasets: digits, shapes")
     with pytest.raises(RunyardError, match="discriminator_channels: 4 layers halve the side 4 times; "

@@ -17,6 +17,10 @@ there. What a job needs that the upload leaves out:
   which inside a job is Ray's temporary copy: every experiment is created first,
   here, with its artifact location in the submitting project, so models logged by
   the job are not lost with that copy.
+  The tracking server's credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/
+  ``TOKEN``), when set here, go along in the job's runtime env: anyone who can read
+  the job's details on the dashboard can read them, as anyone who can submit a job
+  could. That is one more reason to keep the Jobs API inside the cluster.
 - **cluster**: Ray sets ``RAY_ADDRESS`` in the job to the cluster's GCS address
   (overriding any value in the runtime env), so ``runyard train`` inside the job
   uses the cluster it runs on instead of starting a local Ray.
@@ -109,6 +113,7 @@ def _call(what: str, fn, *args):
 
 def job_env(project) -> dict[str, str]:
     """Environment variables every job of this project gets (see the module docstring)."""
+    from runyard.execution.ray_session import forwarded_env
     from runyard.tracking.uri import check_reachable, resolve
 
     where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
@@ -117,7 +122,9 @@ def job_env(project) -> dict[str, str]:
     dvc_config = project.root / ".runyard" / "jobs" / "dvc"
     dvc_config.mkdir(parents=True, exist_ok=True)
     (dvc_config / "config").write_text(DVC_NO_SCM)
-    return {"MLFLOW_TRACKING_URI": uri, "DVC_SYSTEM_CONFIG_DIR": str(dvc_config)}
+    # The tracking server's credentials travel as they do to a cluster's training workers.
+    credentials = (forwarded_env() or {}).get("env_vars", {})
+    return {"MLFLOW_TRACKING_URI": uri, "DVC_SYSTEM_CONFIG_DIR": str(dvc_config), **credentials}
 
 
 def _anchor_artifacts(project, uri: str) -> None:

@@ -77,7 +77,7 @@ def metrics_for(task: str, model: str | None = None) -> tuple[str, ...]:
     return CLASSICAL_METRICS if is_classical(model) else METRICS[task]
 
 
-def experiment_info(model: str, info, dataset: str, where: str):
+def with_model_task(model: str, info, dataset: str, where: str):
     """The dataset's info as the experiment sees it: with the task of its model, if the
     model has one of its own (``MODEL_TASKS``)."""
     import dataclasses
