@@ -4,7 +4,9 @@ Four ways to train the same model on the same data:
   (a) a plain PyTorch loop (the baseline every ratio is against),
   (b) plain Lightning, same system and data module, no Ray,
   (c) runyard through Ray Train with 1 worker holding every CPU,
-  (d) runyard through Ray Train with 2 workers (DDP over gloo).
+  (d) runyard through Ray Train with 2 workers (DDP over gloo),
+  (e) native DDP: the plain loop in 2 processes (torch.distributed, gloo), no Ray:
+      the baseline for (d), as Ray's own gate compares Ray Train with native DDP.
 Every variant validates once per epoch, like runyard does. Wall time is split into
 start-up (everything before the first training step: process and Ray start,
 imports, data shipping) and per-epoch time.
@@ -110,6 +112,67 @@ def plain_lightning(workload: str, exp: Experiment, splits) -> Timing:
                   exp.recipe.epochs, len(splits.y_train), float(trainer.callback_metrics["val/acc"]))
 
 
+def native_ddp(workload: str, exp: Experiment, splits, workers: int = 2) -> Timing:
+    """The plain loop data-parallel by hand: ``workers`` processes, one thread each, each
+    taking its share of every global batch; gradients all-reduced by DDP over gloo."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_ddp_rank, args=(rank, workers, port, exp, splits, results))
+             for rank in range(workers)]
+    for p in procs:
+        p.start()
+    train_s, acc = results.get(timeout=3600)
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"native DDP rank exited with {p.exitcode}")
+    wall = time.perf_counter() - t0
+    return Timing(workload, f"e native DDP {workers} processes", wall, wall - train_s,
+                  train_s / exp.recipe.epochs, exp.recipe.epochs, len(splits.y_train), acc)
+
+
+def _ddp_rank(rank: int, world: int, port: int, exp: Experiment, splits, results) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from runyard.models import build_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    info = dataset_info("mnist1d")
+    torch.manual_seed(0)
+    net = DistributedDataParallel(build_model(exp.model, info.input_shape, info.num_outputs))
+    opt = torch.optim.Adam(net.parameters(), lr=exp.recipe.lr)
+    x, y = torch.tensor(splits.x_train), torch.tensor(splits.y_train)
+    xv, yv = torch.tensor(splits.x_val), torch.tensor(splits.y_val)
+    bs, share = exp.recipe.batch_size, exp.recipe.batch_size // world
+    dist.barrier()
+    t1 = time.perf_counter()
+    for epoch in range(exp.recipe.epochs):
+        net.train()
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))  # same on every rank
+        for i in range(0, len(y) - bs + 1, bs):
+            idx = perm[i + rank * share : i + (rank + 1) * share]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            acc = (net.module(xv).argmax(1) == yv).float().mean().item()
+    dist.barrier()
+    if rank == 0:
+        results.put((time.perf_counter() - t1, acc))
+    dist.destroy_process_group()
+
+
 def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Path) -> Timing:
     """The real runyard path: Ray Train workers, rank-0 MLflow logging, final checkpoint."""
     import mlflow
@@ -152,6 +215,8 @@ def run(workloads: list[str], out: Path, console) -> list[Timing]:
             for workers in (1, 2):
                 console.print(f"  runyard, {workers} worker(s)")
                 timings.append(runyard_ray(workload, exp, splits, workers, Path(tmp)))
+            console.print("  native DDP, 2 processes")
+            timings.append(native_ddp(workload, exp, splits))
 
     table = Table(title="runyard bench (ratios against the plain loop of the same workload)")
     for col in ("workload", "variant", "wall s", "start-up s", "s/epoch", "x wall", "x s/epoch",
@@ -170,8 +235,10 @@ def run(workloads: list[str], out: Path, console) -> list[Timing]:
     for workload in workloads:
         one, two = (next(r for r in rows if r["workload"] == workload and r["variant"].startswith(v))
                     for v in ("c ", "d "))
+        native = next(r for r in rows if r["workload"] == workload and r["variant"].startswith("e "))
         console.print(f"{workload}: 2 workers deliver {two['throughput'] / one['throughput']:.2f}x "
-                      "the training throughput of 1")
+                      f"the training throughput of 1; runyard's 2-worker epoch takes "
+                      f"{two['per_epoch_s'] / native['per_epoch_s']:.2f}x native DDP's")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpus": os.cpu_count(), "results": rows}, indent=2) + "\n")
     return timings

@@ -153,7 +153,7 @@ def bench(
         help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches)"),
     out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
 ):
-    """Time a plain PyTorch loop, plain Lightning and runyard on 1 and 2 Ray workers, side by side.
+    """Time a plain PyTorch loop, plain Lightning, runyard on 1 and 2 Ray workers and native DDP, side by side.
 
     Example: runyard bench -w reference
     """
