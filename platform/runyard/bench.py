@@ -69,26 +69,31 @@ def plain_loop(workload: str, exp: Experiment, splits) -> Timing:
     info = dataset_info("mnist1d")
     torch.manual_seed(0)
     net = build_model(exp.model, info.input_shape, info.num_outputs)
+    bs = exp.recipe.batch_size
+    t1 = time.perf_counter()
+    acc = _hand_loop(net, net, exp, splits, lambda _, n: torch.randperm(n).split(bs))
+    t2 = time.perf_counter()
+    return Timing(workload, "a plain loop", t2 - t0, t1 - t0, (t2 - t1) / exp.recipe.epochs,
+                  exp.recipe.epochs, len(splits.y_train), acc)
+
+
+def _hand_loop(net, plain_net, exp: Experiment, splits, batches) -> float:
+    """The hand-written training of (a) and (e): Adam over the index batches that
+    ``batches(epoch, n)`` gives, validating ``plain_net`` after each epoch; the last val acc."""
     opt = torch.optim.Adam(net.parameters(), lr=exp.recipe.lr)
     x, y = torch.tensor(splits.x_train), torch.tensor(splits.y_train)
     xv, yv = torch.tensor(splits.x_val), torch.tensor(splits.y_val)
-    bs = exp.recipe.batch_size
-    t1 = time.perf_counter()
-    for _ in range(exp.recipe.epochs):
+    for epoch in range(exp.recipe.epochs):
         net.train()
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), bs):
-            idx = perm[i : i + bs]
+        for idx in batches(epoch, len(y)):
             loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        net.eval()
+        plain_net.eval()
         with torch.no_grad():
-            acc = (net(xv).argmax(1) == yv).float().mean().item()
-    t2 = time.perf_counter()
-    return Timing(workload, "a plain loop", t2 - t0, t1 - t0, (t2 - t1) / exp.recipe.epochs,
-                  exp.recipe.epochs, len(y), acc)
+            acc = (plain_net(xv).argmax(1) == yv).float().mean().item()
+    return acc
 
 
 def plain_lightning(workload: str, exp: Experiment, splits) -> Timing:
@@ -149,24 +154,15 @@ def _ddp_rank(rank: int, world: int, port: int, exp: Experiment, splits, results
     info = dataset_info("mnist1d")
     torch.manual_seed(0)
     net = DistributedDataParallel(build_model(exp.model, info.input_shape, info.num_outputs))
-    opt = torch.optim.Adam(net.parameters(), lr=exp.recipe.lr)
-    x, y = torch.tensor(splits.x_train), torch.tensor(splits.y_train)
-    xv, yv = torch.tensor(splits.x_val), torch.tensor(splits.y_val)
     bs, share = exp.recipe.batch_size, exp.recipe.batch_size // world
+
+    def batches(epoch: int, n: int):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))  # same on every rank
+        return [perm[i + rank * share : i + (rank + 1) * share] for i in range(0, n - bs + 1, bs)]
+
     dist.barrier()
     t1 = time.perf_counter()
-    for epoch in range(exp.recipe.epochs):
-        net.train()
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))  # same on every rank
-        for i in range(0, len(y) - bs + 1, bs):
-            idx = perm[i + rank * share : i + (rank + 1) * share]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            acc = (net.module(xv).argmax(1) == yv).float().mean().item()
+    acc = _hand_loop(net, net.module, exp, splits, batches)
     dist.barrier()
     if rank == 0:
         results.put((time.perf_counter() - t1, acc))
