@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +58,21 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back inside (they are delivered on leaving). Main thread only:
+    elsewhere signals go to the main thread anyway, and nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def tracked_run(
     experiment_id: str,
     run_name: str,
@@ -65,27 +82,36 @@ def tracked_run(
     retry_s: float = 120.0,
 ) -> Iterator[str]:
     """Start (or reopen) a run, yield its id, and always end it with a final status."""
-    if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
-        mlflow.log_params(flatten(params))
-    run_id = run.info.run_id
+    run_id = None
     try:
+        # A signal between the run's creation and this function knowing its id would leave
+        # it RUNNING, or worse: MLflow's exit hook ends an active run FINISHED. So Ctrl-C and
+        # SIGTERM wait until the id is known, then arrive as usual.
+        with signals_deferred():
+            if resume_run_id:
+                run = mlflow.start_run(run_id=resume_run_id)
+            else:
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+            run_id = run.info.run_id
+            if not resume_run_id:
+                mlflow.log_params(flatten(params))
         yield run_id
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM via the CLI's handler
-        _end(run_id, "KILLED", retry_s)
-        raise
-    except TrackingUnavailable as e:
-        print(f"runyard: {e}; marking run {run_id} FAILED once the tracking server answers "
-              f"(up to {retry_s:g} s)", file=sys.stderr, flush=True)
-        _end(run_id, "FAILED", retry_s, cause=e)
-        raise
     except BaseException as e:
-        _end(run_id, "FAILED", retry_s, cause=e)
+        if run_id is not None:  # else no run was created: nothing to end
+            _end_after(run_id, e, retry_s)
         raise
     else:
         _end(run_id, "FINISHED", retry_s)
+
+
+def _end_after(run_id: str, e: BaseException, retry_s: float) -> None:
+    if isinstance(e, KeyboardInterrupt | SystemExit):  # Ctrl-C, or SIGTERM via the CLI's handler
+        _end(run_id, "KILLED", retry_s)
+        return
+    if isinstance(e, TrackingUnavailable):
+        print(f"runyard: {e}; marking run {run_id} FAILED once the tracking server answers "
+              f"(up to {retry_s:g} s)", file=sys.stderr, flush=True)
+    _end(run_id, "FAILED", retry_s, cause=e)
 
 
 def _end(run_id: str, status: str, retry_s: float, cause: BaseException | None = None) -> None:
