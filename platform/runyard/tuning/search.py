@@ -237,8 +237,17 @@ def _best_weights(best) -> dict[str, torch.Tensor]:
     from runyard.execution.worker import CKPT_FILE
 
     if best.checkpoint is not None:
-        with best.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)["state_dict"]
+        try:
+            with best.checkpoint.as_directory() as d:
+                state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)["state_dict"]
+        except FileNotFoundError:
+            # Tune keeps one checkpoint per trial. A search killed just after a trial's last
+            # checkpoint replaced the one before can, once resumed, still name the old one:
+            # the trial's directory holds the one kept, its final weights.
+            kept = sorted(Path(best.path).glob(f"checkpoint_*/{CKPT_FILE}"))
+            if not kept:
+                raise
+            state = torch.load(kept[-1], map_location="cpu", weights_only=False)["state_dict"]
     else:  # a data-parallel trial: its Ray Train run kept the checkpoint
         path = Path(best.metrics["checkpoint_path"]) / CKPT_FILE
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
