@@ -121,11 +121,10 @@ def native_ddp(workload: str, exp: Experiment, splits, workers: int = 2) -> Timi
     """The plain loop data-parallel by hand: ``workers`` processes, one thread each, each
     taking its share of every global batch; gradients all-reduced by DDP over gloo."""
     import multiprocessing
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from runyard.execution.cluster import free_ports
+
+    (port,) = free_ports(1, "127.0.0.1")
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     t0 = time.perf_counter()

@@ -165,7 +165,7 @@ def node_ip(index: int) -> str:
     return f"127.0.0.{index + 2}"
 
 
-def _free_ports(n: int, host: str) -> list[int]:
+def free_ports(n: int, host: str) -> list[int]:
     """n distinct free ports on ``host`` (held together while choosing, so no duplicates)."""
     socks = []
     try:
@@ -267,8 +267,8 @@ def up(nodes: int, cpus_per_node: int = 1, state_dir: Path = Path(".runyard"), o
     _ensure_token(ray, _node_env(head=True))
     # A short path: Ray's unix sockets live below it and are limited to 107 bytes.
     temp_root = Path(tempfile.mkdtemp(prefix="runyard-ray-"))
-    gcs_port, client_port = _free_ports(2, node_ip(0))
-    (dashboard_port,) = _free_ports(1, "127.0.0.1")
+    gcs_port, client_port = free_ports(2, node_ip(0))
+    (dashboard_port,) = free_ports(1, "127.0.0.1")
     ports = (gcs_port, dashboard_port, client_port)
     state = {
         "gcs_address": f"{node_ip(0)}:{gcs_port}",
@@ -283,7 +283,7 @@ def up(nodes: int, cpus_per_node: int = 1, state_dir: Path = Path(".runyard"), o
         for index in range(nodes):
             node_dir = temp_root / f"n{index}"
             node_dir.mkdir()
-            node_ports = dict(zip(NODE_PORTS, _free_ports(len(NODE_PORTS), node_ip(index)), strict=True))
+            node_ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS), node_ip(index)), strict=True))
             if index == 0:
                 node_ports.update(zip(HEAD_PORTS, ports, strict=True))
                 role = ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
