@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ON_CI
@@ -85,10 +86,25 @@ def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
 
 
 def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group this module started, as a crash or a lost machine would."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """SIGKILL every process of the session ``proc`` leads, as a lost machine would.
+
+    The session, not the process group: Ray puts each worker in a group of its own, and
+    a trial or training worker that outlived its driver would go on writing checkpoints.
+    """
+    members = [p for p in psutil.process_iter() if _session(p.pid) == proc.pid]
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
     proc.wait(30)
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members),
+               f"the processes of session {proc.pid} to end", 30)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone meanwhile
+        return None
 
 
 def wait_port_free(port: int, timeout_s: float = 30.0) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import runyard_cli
+from tests.services import kill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,7 +75,7 @@ def start_training(root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "runyard", "train", "regression1d_shallow", *extra], cwd=root,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,  # its own process group: the test can kill just this driver
+        start_new_session=True,  # its own session: the test can kill just this driver and its Ray
     )
 
 
@@ -109,8 +110,7 @@ def test_resume_after_killed_driver(prepared):
     configure(prepared, checkpoint_every=2)
     proc = start_training(prepared)
     wait_for_epoch(prepared, 7, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the run stays RUNNING
-    proc.wait(timeout=60)
+    kill(proc)  # the driver, its local Ray and its workers: the run stays RUNNING
     (run,) = all_runs(prepared)
     assert run.info.status == "RUNNING"
     first_run_id = run.info.run_id

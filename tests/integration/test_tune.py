@@ -9,8 +9,6 @@ test applies to its ``tune@`` stage.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.tune.experiment.trial import _TrainingRunMetadata
 
 from tests.conftest import runyard_cli
+from tests.services import kill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,19 +102,45 @@ def finished_children(root: Path) -> int:
         return 0
 
 
+def recorded_checkpoints(root: Path) -> dict[Path, str]:
+    """Each trial's checkpoint in Tune's newest saved state of the search -> the trial's status."""
+    states = sorted((root / ".runyard" / "ray").glob(f"{NAME}-search-*/experiment_state-*.json"))
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (IndexError, OSError, json.JSONDecodeError):  # none yet, or being written
+        return {}
+    recorded = {}
+    for trial_json, run_json in trial_data:
+        trial = json.loads(trial_json)
+        latest = _TrainingRunMetadata.from_json_state(run_json).checkpoint_manager.latest_checkpoint_result
+        if latest is not None:
+            recorded[states[-1].parent / trial["relative_logdir"] / Path(latest.checkpoint.path).name] = trial["status"]
+    return recorded
+
+
+def replace_with_newer(checkpoint: Path) -> None:
+    """What a kill between a trial's next checkpoint and Tune's next state save leaves: the
+    recorded checkpoint replaced by a newer one (Tune keeps one per trial)."""
+    newer = checkpoint.with_name(f"checkpoint_{int(checkpoint.name.rsplit('_', 1)[1]) + 1:06d}")
+    if checkpoint.exists() and not newer.exists():
+        checkpoint.rename(newer)
+
+
 def test_killed_search_resumes_without_rerunning_trials(prepared):
-    write_search(prepared, num_samples=4, epochs=6)
+    write_search(prepared, num_samples=4, epochs=12)
     proc = subprocess.Popen(
         [sys.executable, "-m", "runyard", "tune", NAME], cwd=prepared, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     deadline = time.monotonic() + 400
-    while finished_children(prepared) < 2:
+    # Kill when Tune's state records finished trials and a running one with a checkpoint.
+    while finished_children(prepared) < 2 or "RUNNING" not in recorded_checkpoints(prepared).values():
         assert proc.poll() is None, f"search ended early:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, "search made no progress"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, no clean-up
-    proc.wait(timeout=60)
+        time.sleep(0.1)
+    kill(proc)  # the driver, its local Ray and the trials: no clean-up
+    for checkpoint in recorded_checkpoints(prepared):
+        replace_with_newer(checkpoint)
     (parent,), before = search_runs(prepared)
     assert parent.info.status == "RUNNING"
     done_before = {c.info.run_id: c.info.end_time for c in before if c.info.status == "FINISHED"}

@@ -8,13 +8,16 @@ again and unfinished ones continue from their last epoch's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from runyard.config import Experiment, Project, RayParams
 from runyard.errors import RunyardError
@@ -101,6 +104,7 @@ def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name
     callbacks = [children, SearchProgress(trial_count(search), exp.optimized_metric, exp.optimized_mode)]
     path = storage / run_name
     if resume and tune.Tuner.can_restore(str(path)):
+        _restore_replaced_checkpoints(path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=retry_errored,
                                    param_space=tune_domains(search))
         # Callbacks are not part of Tune's saved state: give them back.
@@ -123,6 +127,34 @@ def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name
     return tuner.fit()
 
 
+def _restore_replaced_checkpoints(path: Path) -> None:
+    """Give each trial's recorded checkpoint back its name before Tune restores the search.
+
+    Tune keeps one checkpoint per trial but saves its own state only every few epochs:
+    a search killed in between records checkpoints that a newer one already replaced,
+    and Tune would fail those trials on resume ("does not exist on storage anymore").
+    The oldest checkpoint kept takes the recorded name: Tune registered it last (after
+    the driver logged its epoch) and deleted every older one; a newer one is a trial's
+    write that the driver never saw.
+    """
+    from ray.tune.experiment.trial import _TrainingRunMetadata  # how Tune reads its own state
+
+    from runyard.execution.worker import CKPT_FILE
+
+    states = sorted(path.glob("experiment_state-*.json"))  # Tune restores the newest
+    if not states:
+        return
+    for trial, run in json.loads(states[-1].read_text())["trial_data"]:
+        latest = _TrainingRunMetadata.from_json_state(run).checkpoint_manager.latest_checkpoint_result
+        if latest is None:
+            continue
+        trial_dir = path / json.loads(trial)["relative_logdir"]
+        recorded = trial_dir / Path(latest.checkpoint.path).name
+        kept = sorted(c for c in trial_dir.glob("checkpoint_*") if (c / CKPT_FILE).exists())
+        if kept and not recorded.exists():
+            kept[0].rename(recorded)
+
+
 def trial_count(search) -> int:
     """Trials the search runs: num_samples, times every grid's size (Tune expands grids)."""
     count = search.num_samples
@@ -137,12 +169,19 @@ def _searcher(exp: Experiment, seed: int, study: str, study_name: str):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed)
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name,
-                        storage=optuna.storages.RDBStorage(study))
+    return DurableOptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name,
+                               storage=optuna.storages.RDBStorage(study))
+
+
+class DurableOptunaSearch(OptunaSearch):
+    """Optuna's study lives in an RDB, which can be ahead of Tune's saved state: a search
+    killed after Optuna recorded a trial's end, but before Tune saved it, resumes that
+    trial, and Optuna refuses its further reports. They are already in the study."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
 
 
 def _scheduler(exp: Experiment):
@@ -237,17 +276,8 @@ def _best_weights(best) -> dict[str, torch.Tensor]:
     from runyard.execution.worker import CKPT_FILE
 
     if best.checkpoint is not None:
-        try:
-            with best.checkpoint.as_directory() as d:
-                state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)["state_dict"]
-        except FileNotFoundError:
-            # Tune keeps one checkpoint per trial. A search killed just after a trial's last
-            # checkpoint replaced the one before can, once resumed, still name the old one:
-            # the trial's directory holds the one kept, its final weights.
-            kept = sorted(Path(best.path).glob(f"checkpoint_*/{CKPT_FILE}"))
-            if not kept:
-                raise
-            state = torch.load(kept[-1], map_location="cpu", weights_only=False)["state_dict"]
+        with best.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)["state_dict"]
     else:  # a data-parallel trial: its Ray Train run kept the checkpoint
         path = Path(best.metrics["checkpoint_path"]) / CKPT_FILE
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
