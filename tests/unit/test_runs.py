@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 
 import mlflow
 import pytest
@@ -21,10 +23,19 @@ def sigterm_exits(monkeypatch):
 
 
 def test_signals_inside_are_delivered_on_leaving(sigterm_exits):
+    # Another thread, as the CLI has (MLflow's, Ray's): a signal mask would not hold there.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
     reached_the_end = False
-    with pytest.raises(SystemExit), signals_deferred():
-        os.kill(os.getpid(), signal.SIGTERM)
-        reached_the_end = True
+    try:
+        with pytest.raises(SystemExit), signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # a signal not held would be handled here
+            reached_the_end = True
+    finally:
+        stop.set()
+        other.join()
     assert reached_the_end
 
 

@@ -59,17 +59,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back inside (they are delivered on leaving). Main thread only:
-    elsewhere signals go to the main thread anyway, and nothing is held."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT and SIGTERM back inside; they are delivered on leaving.
+
+    Held in Python, not with a signal mask: a masked signal goes to any other thread
+    (MLflow's, Ray's), and Python runs its handler in the main thread at once anyway.
+    Python runs handlers only in the main thread, so elsewhere nothing is held.
+    """
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    if threading.current_thread() is not threading.main_thread() or not held:
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in caught:
+            signal.raise_signal(s)
 
 
 @contextmanager
