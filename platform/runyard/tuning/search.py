@@ -130,7 +130,7 @@ def _run_tuner(exp: Experiment, info, splits, seed: int, storage: Path, run_name
 def _restore_replaced_checkpoints(path: Path) -> None:
     """Give each trial's recorded checkpoint back its name before Tune restores the search.
 
-    Tune keeps one checkpoint per trial but saves its own state only every few epochs:
+    Tune keeps one checkpoint per trial but saves its own state only now and then:
     a search killed in between records checkpoints that a newer one already replaced,
     and Tune would fail those trials on resume ("does not exist on storage anymore").
     The oldest checkpoint kept takes the recorded name: Tune registered it last (after
