@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "tiny_search"
 
 
-def write_search(root: Path, num_samples: int, epochs: int) -> None:
+def write_search(root: Path, num_samples: int, epochs: int, grace_period: int = 2) -> None:
     (root / "pipelines" / f"{NAME}.yaml").write_text(yaml.safe_dump({
         "dataset": "mnist1d",
         "model": {"name": "mlp", "hidden": [32]},
@@ -35,7 +35,7 @@ def write_search(root: Path, num_samples: int, epochs: int) -> None:
         "optimized_metric": "val/acc",
         "search": {
             "algorithm": "tpe", "scheduler": "asha", "num_samples": num_samples, "max_concurrent": 2,
-            "grace_period": 2, "reduction_factor": 2,
+            "grace_period": grace_period, "reduction_factor": 2,
             "space": {"recipe.lr": {"loguniform": [0.001, 0.05]}, "model.hidden": {"choice": [[16], [32], [64]]}},
         },
     }))
@@ -127,7 +127,8 @@ def replace_with_newer(checkpoint: Path) -> None:
 
 
 def test_killed_search_resumes_without_rerunning_trials(prepared):
-    write_search(prepared, num_samples=4, epochs=12)
+    # No pruning before epoch 6: the later trials run long enough for the kill to find one running.
+    write_search(prepared, num_samples=4, epochs=12, grace_period=6)
     proc = subprocess.Popen(
         [sys.executable, "-m", "runyard", "tune", NAME], cwd=prepared, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
