@@ -175,7 +175,7 @@ def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Pat
     from runyard.execution import ray_session
     from runyard.execution.trainer import fit
 
-    cpus = os.cpu_count() or 1
+    cpus = int(ray_session.local_resources()["CPU"])  # as Ray counts them (a CPU quota too)
     ray_params = RayParams(num_workers=workers, cpus_per_worker=max(1, cpus // workers))
     t0 = time.time()
     ray_session.connect(ray_params, where="bench")
