@@ -43,12 +43,9 @@ def prepare(project: Project, dataset: str) -> Path:
 
 def tracking_uri(project: Project) -> str:
     """The tracking URI, resolved against the project and checked to be usable."""
-    from runyard.tracking.uri import check_reachable, resolve
+    from runyard.tracking.uri import project_tracking_uri
 
-    uri = resolve(project.params.tracking_uri, project.root)
-    where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
-    check_reachable(uri, where="MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else where)
-    return uri
+    return project_tracking_uri(project)
 
 
 def _tracking(project: Project):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from runyard.errors import RunyardError
+
+if TYPE_CHECKING:
+    from runyard.project import Project
 
 
 def resolve(uri: str, root: Path) -> str:
@@ -19,6 +23,14 @@ def resolve(uri: str, root: Path) -> str:
         return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
     if "://" not in uri:
         return str((root / uri).resolve())
+    return uri
+
+
+def project_tracking_uri(project: Project) -> str:
+    """The project's tracking URI, resolved against its root and checked to be usable."""
+    uri = resolve(project.params.tracking_uri, project.root)
+    where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
+    check_reachable(uri, where="MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else where)
     return uri
 
 
