@@ -78,13 +78,14 @@ def register_version(project, seed: int) -> str:
     from runyard.models import build_model
     from runyard.tracking import registry
     from runyard.tracking.runs import ensure_experiment, use_tracking
+    from runyard.tracking.uri import project_tracking_uri
 
     exp, info, splits = stages.load_inputs(project, DEEP)
     torch.manual_seed(seed)
     net = build_model(exp.model, info.input_shape, info.num_outputs).eval()
     with torch.no_grad():
         val_acc = (net(torch.from_numpy(splits.x_val)).argmax(1).numpy() == splits.y_val).mean()
-    client = use_tracking(stages.tracking_uri(project))
+    client = use_tracking(project_tracking_uri(project))
     exp_id = ensure_experiment(client, DEEP, str(project.root / "mlruns" / "artifacts" / DEEP))
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_metric("val/acc", float(val_acc))
@@ -184,7 +185,8 @@ def test_serve_a_classical_model_and_refuse_bad_targets(prepared, monkeypatch, c
     from runyard.config import Project
     from runyard.errors import RunyardError
     from runyard.serving.app import build_app
-    from runyard.serving.server import Target, Watcher, bind, load, resolve, serve
+    from runyard.serving.model import Target, Watcher, load, resolve
+    from runyard.serving.server import bind, serve
 
     root = prepared
     project = Project(root)
