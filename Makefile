@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Keep a local Ray on loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: run test setup ui lint clean
+.PHONY: run test setup ui docs docs-build lint clean
 
 run: $(STAMP)  ## set up, then run the pipeline (dvc repro) and say where the results are
 	$(BIN)/dvc repro
@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml
 
 ui: $(STAMP)  ## the MLflow UI on the embedded store: http://127.0.0.1:5000
 	$(BIN)/runyard ui --port 5000
+
+# The docs site (docs/, mkdocs.yml); its reference pages are written from the code.
+docs: $(STAMP)  ## serve the docs site on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: $(STAMP)  ## build the docs site into site/ (warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests

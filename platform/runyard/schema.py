@@ -24,6 +24,7 @@ from runyard.config import Experiment, Params
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 PIPELINE_FILE = "schemas/pipeline.schema.json"
 PARAMS_FILE = "schemas/params.schema.json"
+MODEL_NAME_DOC = "A built-in model (logistic, mlp, cnn1d, ...) or an import path package.module:Attr."
 
 
 def pipeline_schema() -> dict:
@@ -39,10 +40,7 @@ def pipeline_schema() -> dict:
     # model: is open (the component's own constructor arguments), but always names the component.
     model = schema["properties"]["model"]
     model["required"] = ["name"]
-    model.setdefault("properties", {})["name"] = {
-        "type": "string",
-        "description": "A built-in model (logistic, mlp, cnn1d, ...) or an import path package.module:Attr.",
-    }
+    model.setdefault("properties", {})["name"] = {"type": "string", "description": MODEL_NAME_DOC}
     if "extends" not in schema["properties"]:
         return {**head, **schema, "$defs": defs}
     partial = {f"Partial{name}": _partial(body) for name, body in defs.items()}
