@@ -13,8 +13,14 @@ run: $(STAMP)  ## set up, then run the pipeline (dvc repro) and say where the re
 	$(BIN)/dvc repro
 	$(BIN)/runyard summary
 
-test: $(STAMP)  ## set up, then run the whole test suite
+test: system $(STAMP)  ## set up (system packages included), then run the whole test suite
 	$(BIN)/pytest
+
+# The system packages only the tests need (chromium, postgresql, kubectl...): installed with
+# apt as root, else one line says what is missing. `make run` does not need them.
+.PHONY: system
+system:
+	scripts/system-deps.sh
 
 setup: $(STAMP)
 
