@@ -1,4 +1,8 @@
-"""The `runyard` command. One function per verb; the work lives in runyard.stages."""
+"""The `runyard` command. One function per verb; the work lives in runyard.commands.
+
+Each verb imports its command when it runs: `runyard --help` and a mistyped verb
+answer without importing torch, Ray or MLflow.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ app = typer.Typer(
 
 
 def _project():
-    from runyard.config import Project
+    from runyard.project import Project
 
     return Project.find()
 
@@ -29,7 +33,7 @@ def _project():
 @app.command()
 def prepare(dataset: str = typer.Argument(..., help="Dataset name, e.g. mnist1d")):
     """Build data/DATASET/ (train/val/test splits). Example: runyard prepare mnist1d"""
-    from runyard.stages import prepare as run
+    from runyard.commands.prepare import prepare as run
 
     project = _project()
     out = run(project, dataset)
@@ -42,7 +46,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the last interrupted run."),
 ):
     """Train one experiment on Ray and track it in MLflow. Example: runyard train mnist1d_cnn"""
-    from runyard.stages import train as run
+    from runyard.commands.train import train as run
 
     run_id = run(_project(), experiment, resume=resume)
     typer.echo(f"trained {experiment}: MLflow run {run_id}")
@@ -58,7 +62,7 @@ def tune(
 
     Example: runyard tune mnist1d_cnn_search   (then: runyard tune mnist1d_cnn_search --resume)
     """
-    from runyard.tuning.search import tune as run
+    from runyard.commands.tune import tune as run
 
     s = run(_project(), experiment, resume=resume, retry_errored=retry_errored)
     test = ", ".join(f"{k}={v:.4f}" for k, v in s["test"].items())
@@ -71,7 +75,7 @@ def tune(
 @app.command()
 def evaluate(experiment: str = typer.Argument(..., help="Name of a trained experiment")):
     """Test metrics -> metrics/EXPERIMENT.json, plots -> plots/EXPERIMENT/."""
-    from runyard.stages import evaluate as run
+    from runyard.commands.evaluate import evaluate as run
 
     values = run(_project(), experiment)
     typer.echo(f"evaluated {experiment}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
@@ -80,7 +84,7 @@ def evaluate(experiment: str = typer.Argument(..., help="Name of a trained exper
 @app.command()
 def register(experiment: str = typer.Argument(..., help="Name of a trained experiment")):
     """Register the trained model; move alias `champion` only if it beats the current one."""
-    from runyard.stages import register as run
+    from runyard.commands.register import register as run
 
     reg = run(_project(), experiment)
     moved = "now champion" if reg.promoted else f"champion stays v{reg.champion_version}"
@@ -101,9 +105,9 @@ def reproduce(
 
     Example: runyard reproduce mnist1d_cnn@champion
     """
+    from runyard.commands.reproduce import TOLERANCE, report
+    from runyard.commands.reproduce import reproduce as run
     from runyard.progress import report_console
-    from runyard.tracking.reproduce import TOLERANCE, report
-    from runyard.tracking.reproduce import reproduce as run
 
     result = run(_project(), model, tolerance=TOLERANCE if tolerance is None else tolerance)
     report(result, report_console())
@@ -114,7 +118,7 @@ def reproduce(
 @app.command(name="list")
 def list_experiments():
     """Every experiment with its dataset, model and last test result."""
-    from runyard.report import experiments_table
+    from runyard.commands.report import experiments_table
 
     experiments_table(_project())
 
@@ -129,7 +133,7 @@ def compare(
 
     Example: runyard compare mnist1d_logistic mnist1d_mlp mnist1d_cnn mnist1d_gru --out metrics/paper_mnist1d.md
     """
-    from runyard.report import compare as run
+    from runyard.commands.report import compare as run
 
     table = run(_project(), experiments, title)
     if out:
@@ -141,7 +145,7 @@ def compare(
 @app.command()
 def summary():
     """Where the results are, and how to open the MLflow UI on them."""
-    from runyard.report import summary as show
+    from runyard.commands.report import summary as show
 
     show(_project())
 
@@ -249,18 +253,18 @@ def submit(
 
     Example: runyard submit -- dvc repro   (or: runyard submit --address http://127.0.0.1:8265 -- dvc repro)
     """
-    from runyard.execution import jobs
+    from runyard.execution import cluster, jobs
 
     root = _project().root
-    raise typer.Exit(jobs.submit(jobs.resolve_address(address, root), entrypoint, root, follow=follow))
+    raise typer.Exit(jobs.submit(cluster.resolve_address(address, root), entrypoint, root, follow=follow))
 
 
 @app.command(name="jobs")
 def list_jobs(address: str = typer.Option(None, "--address", help=ADDRESS_HELP)):
     """Every job on the cluster with its status. Example: runyard jobs"""
-    from runyard.execution import jobs
+    from runyard.execution import cluster, jobs
 
-    jobs.list_jobs(jobs.resolve_address(address, _project().root))
+    jobs.list_jobs(cluster.resolve_address(address, _project().root))
 
 
 @app.command()
@@ -270,9 +274,9 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
 ):
     """A job's output. Example: runyard logs raysubmit_XYZ --follow"""
-    from runyard.execution import jobs
+    from runyard.execution import cluster, jobs
 
-    raise typer.Exit(jobs.logs(jobs.resolve_address(address, _project().root), job, follow=follow))
+    raise typer.Exit(jobs.logs(cluster.resolve_address(address, _project().root), job, follow=follow))
 
 
 @app.command()
@@ -281,9 +285,9 @@ def stop(
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
 ):
     """Stop a running job (SIGTERM: a training ends its MLflow run KILLED). Example: runyard stop raysubmit_XYZ"""
-    from runyard.execution import jobs
+    from runyard.execution import cluster, jobs
 
-    jobs.stop(jobs.resolve_address(address, _project().root), job)
+    jobs.stop(cluster.resolve_address(address, _project().root), job)
 
 
 @app.command()

@@ -9,3 +9,17 @@ class RunyardError(Exception):
     """
 
     exit_code = 2
+
+
+def summary_line(text: str, limit: int = 300) -> str:
+    """The line of a command's output (or an exception's text) worth showing: the last one
+    that mentions an error, else the last one."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["no output"])[-1][:limit]
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception in one line: its message's first line, or its type when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

@@ -1,1 +1,2 @@
-"""Test-split metrics and the plots people look at: confusion matrix, fit, masks, learning curve."""
+"""What the tasks measure and draw, as plain functions: metrics, box geometry, the GAN
+judge, plots, tables and adversarial attacks. Nothing here knows about runs or stages."""

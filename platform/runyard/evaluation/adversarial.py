@@ -18,6 +18,7 @@ from torch import nn
 
 from runyard.config import Adversarial
 from runyard.evaluation import plots
+from runyard.evaluation.tables import write_csv
 
 
 def metric_name(eps: float) -> str:
@@ -49,8 +50,6 @@ def accuracy_under_attack(net: nn.Module, x: np.ndarray, y: np.ndarray, cfg: Adv
 def evaluate(name: str, net: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int, cfg: Adversarial,
              staging: Path) -> dict:
     """``test/fgsm_acc/eps_*`` metrics, plus ``fgsm.csv`` and ``fgsm.png`` (accuracy against epsilon)."""
-    from runyard.evaluation.tasks import write_csv
-
     acc = accuracy_under_attack(net, x, y, cfg)
     write_csv(staging / "fgsm.csv", ["epsilon", "accuracy"], sorted(acc.items()))
     clip = "" if cfg.clip is None else f", clipped to [{cfg.clip[0]:g}, {cfg.clip[1]:g}]"

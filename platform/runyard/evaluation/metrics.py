@@ -1,13 +1,15 @@
 """Test metrics for classifiers, regressors, segmenters and detectors.
 
 The overlap measures of segmentation (IoU, Dice) are torch functions, so training
-(``SegmenterSystem``) and the test evaluation compute them the same way.
+(``runyard.tasks.segmentation``) and the test evaluation compute them the same way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from runyard.evaluation.boxes import decode, iou_and_giou, pairwise, xyxy
 
 
 def classification(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
@@ -97,8 +99,6 @@ def mean_average_precision(y_true: np.ndarray, out: np.ndarray, num_classes: int
     points, no 11-point sampling). Classes with no true box are left out of the mean;
     with none at all the mAP is 0.
     """
-    from runyard.models.detection import decode, iou_and_giou, pairwise, xyxy
-
     scores, labels, boxes = decode(out)
     true_class = y_true[..., 0].astype(np.int64)
     iou, _ = pairwise(iou_and_giou, torch.from_numpy(boxes), xyxy(torch.from_numpy(y_true[..., 1:]).float()))

@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from runyard.errors import RunyardError
+from runyard.errors import RunyardError, summary_line
+from runyard.execution import jobs
+from runyard.execution.ray_auth import auth_headers, auth_token, explicit_address
 
 STATE_FILE = "cluster.json"
 HEAD_PORTS = ("port", "dashboard_port", "ray_client_server_port")
@@ -44,40 +45,6 @@ NODE_PORTS = (
     "dashboard_agent_grpc_port", "runtime_env_agent_port", "metrics_export_port",
 )
 START_TIMEOUT_S = 120.0
-
-
-# --------------------------------------------------------------------------- token auth
-
-
-def auth_token() -> str | None:
-    """The Ray token, looked up where Ray looks: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    with contextlib.suppress(OSError):
-        return path.read_text().strip() or None
-    return None
-
-
-def auth_headers() -> dict[str, str]:
-    """An explicit bearer header for Ray's HTTP clients.
-
-    Ray adds one itself only if RAY_AUTH_MODE=token was set before Ray first read
-    its config in this process; passing it explicitly does not depend on that.
-    """
-    token = auth_token()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-@contextlib.contextmanager
-def explicit_address() -> Iterator[None]:
-    """Ray's HTTP clients let RAY_ADDRESS / RAY_API_SERVER_ADDRESS override the address
-    they are given (inside a Ray job RAY_ADDRESS is always set): hide them meanwhile."""
-    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 def ray_binary() -> str:
@@ -118,6 +85,17 @@ def dashboard_url(state_dir: Path) -> str | None:
     """The dashboard (Jobs API) URL of the cluster recorded in ``state_dir``, if any."""
     state = read_state(state_dir)
     return state["dashboard_url"] if state else None
+
+
+def resolve_address(address: str | None, project_root: Path) -> str:
+    """--address, else the dashboard of the cluster `runyard cluster up` started here."""
+    if address:
+        return address
+    found = dashboard_url(Path(project_root) / ".runyard")
+    if not found:
+        raise RunyardError("--address: not given and no runyard cluster is up here; pass --address "
+                           "http://HOST:8265 (a Ray dashboard) or start one with `runyard cluster up`")
+    return found
 
 
 def _processes(state: dict, nodes: list[dict] | None = None) -> list:
@@ -201,13 +179,7 @@ def _ensure_token(ray: str, env: dict[str, str]) -> None:
         return
     done = subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
     if done.returncode != 0 or not auth_token():
-        raise RunyardError(f"cluster up: could not create a Ray auth token: {_last_line(done.stderr)}")
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    return (errors or lines or ["no output"])[-1][:300]
+        raise RunyardError(f"cluster up: could not create a Ray auth token: {summary_line(done.stderr)}")
 
 
 def _node_args(index: int, cpus: int, object_store_mb: int, temp_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -241,7 +213,7 @@ def _wait_started(proc: subprocess.Popen, node: dict, deadline: float) -> None:
         proc.kill()
         raise RunyardError(f"cluster up: node {node['index']} did not start in time (log: {node['log']})") from None
     if code != 0:
-        reason = _last_line(Path(node["log"]).read_text(errors="replace"))
+        reason = summary_line(Path(node["log"]).read_text(errors="replace"))
         raise RunyardError(f"cluster up: node {node['index']} failed to start: {reason} (log: {node['log']})")
 
 
@@ -412,26 +384,11 @@ def down(state_dir: Path = Path(".runyard"), grace_s: float = 5.0) -> int:
     state = _require(state_dir)
     procs = _processes(state)
     if procs:
-        _stop_running_jobs(state["dashboard_url"])
+        jobs.stop_running(state["dashboard_url"])
         procs = _processes(state)
     _terminate(procs, grace_s)
     _discard(state_dir, state)
     return len(procs)
-
-
-def _stop_running_jobs(dashboard: str, timeout_s: float = 15.0) -> None:
-    """`ray job stop` sends SIGTERM: a runyard training ends its MLflow run KILLED, not RUNNING."""
-    with contextlib.suppress(Exception):
-        from runyard.execution import jobs
-
-        client = jobs.client(dashboard)
-        running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal() and j.submission_id]
-        for job_id in running:
-            client.stop_job(job_id)
-        deadline = time.monotonic() + timeout_s
-        while running and time.monotonic() < deadline:
-            running = [j for j in running if not client.get_job_status(j).is_terminal()]
-            time.sleep(0.2)
 
 
 def _terminate(procs: list, grace_s: float = 5.0) -> None:

@@ -31,6 +31,7 @@ def folds(splits: Splits, k: int, seed: int, task: str) -> list[Splits]:
 
 def fit_fold(exp: Experiment, info: DatasetInfo, fold: Splits, seed: int, cpus: float) -> dict[str, float]:
     """Train on one fold; its final val/* metrics."""
+    # Runs on a Ray worker: the driver never imports Lightning.
     from runyard.execution.local import fit_local
 
     trainer = fit_local(exp, info, fold, seed=seed, cpus=cpus)

@@ -37,6 +37,7 @@ storage for ``ray.storage_path``, and ``core.no_scm`` in the project's DVC confi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import socket
@@ -45,8 +46,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from runyard.errors import RunyardError
-from runyard.execution.cluster import auth_headers, dashboard_url, explicit_address
+from runyard.errors import RunyardError, first_line
+from runyard.execution.ray_auth import auth_headers, explicit_address
 
 EXCLUDES = [
     "/data/", "/mlruns/", "/models/", "/.venv/", "/.git/", "/.runyard/", "/plots/", "/metrics/",
@@ -56,17 +57,6 @@ DVC_NO_SCM = "[core]\n    no_scm = true\n"
 # The SDK logs every file it skips and every upload at INFO; `.git` is excluded above anyway.
 QUIET = {"ray.dashboard.modules.dashboard_sdk": logging.WARNING, "ray.dashboard.modules.job.sdk": logging.WARNING,
          "ray._private.runtime_env.packaging": logging.WARNING, "ray._private.runtime_env.working_dir": logging.ERROR}
-
-
-def resolve_address(address: str | None, project_root: Path) -> str:
-    """--address, else the dashboard of the cluster `runyard cluster up` started here."""
-    if address:
-        return address
-    found = dashboard_url(Path(project_root) / ".runyard")
-    if not found:
-        raise RunyardError("--address: not given and no runyard cluster is up here; pass --address "
-                           "http://HOST:8265 (a Ray dashboard) or start one with `runyard cluster up`")
-    return found
 
 
 def _check_address(address: str) -> None:
@@ -80,11 +70,6 @@ def _check_address(address: str) -> None:
         raise RunyardError(f"--address: nothing answers at {address} ({e.strerror or e})") from None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def client(address: str):
     """A JobSubmissionClient for ``address``, with the token sent explicitly; one-line errors."""
     _check_address(address)
@@ -96,7 +81,7 @@ def client(address: str):
         with explicit_address():
             return JobSubmissionClient(address, headers=auth_headers())
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError (not a Ray dashboard)
-        raise RunyardError(f"--address: {address}: {_one_line(e)}") from None
+        raise RunyardError(f"--address: {address}: {first_line(e)}") from None
 
 
 def _call(what: str, fn, *args):
@@ -105,7 +90,7 @@ def _call(what: str, fn, *args):
     except RunyardError:
         raise
     except Exception as e:  # the SDK raises RuntimeError for 404s and failed requests
-        raise RunyardError(f"{what}: {_one_line(e)}") from None
+        raise RunyardError(f"{what}: {first_line(e)}") from None
 
 
 # --------------------------------------------------------------------------- submit
@@ -181,7 +166,7 @@ def _follow(jobs, job_id: str) -> int:
         _err(f"runyard: stopped following {job_id}; it keeps running (`runyard stop {job_id}` stops it)")
         return 130
     except Exception as e:  # the log stream broke: the job's status still says how it ended
-        _err(f"runyard: lost the log stream of {job_id} ({_one_line(e)}); waiting for it to end")
+        _err(f"runyard: lost the log stream of {job_id} ({first_line(e)}); waiting for it to end")
     info = wait(jobs, job_id)
     if info.status == "SUCCEEDED":
         _err(f"runyard: job {job_id} SUCCEEDED")
@@ -251,3 +236,17 @@ def stop(address: str, job_id: str, timeout_s: float = 60.0) -> str:
     _err(f"runyard: job {job_id} {info.status}" if was_running
          else f"runyard: job {job_id} was not running ({info.status})")
     return str(info.status)
+
+
+def stop_running(dashboard: str, timeout_s: float = 15.0) -> None:
+    """Stop every running job (before a cluster goes down): `ray job stop` sends SIGTERM,
+    so a runyard training ends its MLflow run KILLED, not RUNNING. Best effort."""
+    with contextlib.suppress(Exception):
+        jobs = client(dashboard)
+        running = [j.submission_id for j in jobs.list_jobs() if not j.status.is_terminal() and j.submission_id]
+        for job_id in running:
+            jobs.stop_job(job_id)
+        deadline = time.monotonic() + timeout_s
+        while running and time.monotonic() < deadline:
+            running = [j for j in running if not jobs.get_job_status(j).is_terminal()]
+            time.sleep(0.2)

@@ -16,7 +16,7 @@ from runyard.data import DatasetInfo
 from runyard.data.loaders import SplitsDataModule
 from runyard.data.splits import Splits
 from runyard.data.training import training_split
-from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
+from runyard.execution.lightning import build_system, build_trainer, quiet_lightning
 
 
 def fit_local(
@@ -25,7 +25,7 @@ def fit_local(
 ) -> pl.Trainer:
     """Train ``exp`` on ``splits`` with ``cpus`` threads; return the fitted Trainer.
     ``init_state``: weights to start from (a pipeline's ``init:``)."""
-    _quiet_lightning()
+    quiet_lightning()
     torch.set_num_threads(max(1, int(cpus)))
     pl.seed_everything(seed, verbose=False)
     system = build_system(exp, info.as_config(), init_state)

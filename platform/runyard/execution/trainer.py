@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from runyard.config import Experiment, RayParams
 from runyard.data import DatasetInfo
 from runyard.data.splits import Splits
 from runyard.errors import RunyardError
-
-MODEL_FILE = "model.pt"  # what rank 0 leaves in the final checkpoint
+from runyard.execution.checkpoints import MODEL_FILE
+from runyard.tracking.outage import TrackingUnavailable
 
 
 def _train_loop(cfg: dict[str, Any]) -> None:
@@ -74,8 +73,6 @@ def fit(
 def _tracking_outage(error: BaseException) -> RunyardError | None:
     """The one-line error of a worker that gave up on the tracking server, if that is
     why the training failed (Ray wraps it with the worker's traceback)."""
-    from runyard.tracking.outage import TrackingUnavailable
-
     for failure in (getattr(error, "worker_failures", None) or {}).values():
         if isinstance(failure, TrackingUnavailable):
             return TrackingUnavailable(str(failure).strip().splitlines()[-1])
@@ -121,10 +118,3 @@ def torch_trainer(
             callbacks=list(callbacks),
         ),
     )
-
-
-def discard_storage(storage_path: Path | str, exp_name: str, run_id: str) -> None:
-    """Drop a finished run's intermediate checkpoints (local storage only)."""
-    path = Path(str(storage_path)) / f"{exp_name}-{run_id}"
-    if "://" not in str(storage_path):
-        shutil.rmtree(path, ignore_errors=True)

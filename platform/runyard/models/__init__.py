@@ -1,22 +1,27 @@
 """Model registry: a name in a pipeline's ``model:`` section -> a component (lazy import).
 
 Two families share one namespace and one validation:
-- deep (``MODELS``): an ``nn.Module`` trained by the classifier / regressor / segmenter systems on Ray Train;
+- deep (``MODELS``): an ``nn.Module`` trained by its task's system (``runyard.tasks``) on Ray Train;
 - classical (``CLASSICAL``): a typed factory of a scikit-learn estimator, fitted in one go.
 
-Adding an architecture = one component (or factory) and one line here.
+Adding an architecture to runyard = one component (or factory) and one line here. A
+user's own ``nn.Module`` needs no line: its import path (``labnets.tabular:ResidualMLP``)
+is accepted wherever a name is, and its constructor's arguments are checked alike.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import inspect
+from typing import Any
 
+import numpy as np
+from pydantic import ValidationError
+from torch import nn
+
+from runyard.config import format_validation_error, kwargs_model
 from runyard.errors import RunyardError
-
-if TYPE_CHECKING:
-    import numpy as np
-    from torch import nn
+from runyard.models import classical
 
 MODELS: dict[str, str] = {
     "logistic": "runyard.models.components.mlp:LogisticRegression",
@@ -54,82 +59,55 @@ ALL_MODELS: dict[str, str] = {**MODELS, **CLASSICAL}
 # Arguments the dataset fills in; a pipeline may not set them.
 INJECTED = {"input_shape", "num_outputs"}
 
-METRICS = {
-    "classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
-    "node_classification": ("val/acc", "val/loss", "train/acc", "train/loss"),
-    "regression": ("val/mse", "val/loss", "train/mse", "train/loss"),
-    "segmentation": ("val/iou", "val/dice", "val/loss", "train/iou", "train/dice", "train/loss"),
-    "reconstruction": ("val/mse", "val/loss", "train/mse", "train/loss"),
-    "detection": ("val/map50", "val/loss", "train/map50", "train/loss"),
-    "generation": ("val/inception_score", "val/confidence", "val/class_entropy", "val/nn_distance", "val/d_real",
-                   "train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"),
-}
-# A classical fit has no loss curve: accuracy on the training and validation splits, once.
-CLASSICAL_METRICS = ("val/acc", "train/acc")
-
-
 def is_classical(name: Any) -> bool:
     return name in CLASSICAL
-
-
-def metrics_for(task: str, model: str | None = None) -> tuple[str, ...]:
-    """The metrics a training logs (and so the allowed ``optimized_metric`` values)."""
-    return CLASSICAL_METRICS if is_classical(model) else METRICS[task]
-
-
-def with_model_task(model: str, info, dataset: str, where: str):
-    """The dataset's info as the experiment sees it: with the task of its model, if the
-    model has one of its own (``MODEL_TASKS``)."""
-    import dataclasses
-
-    task = MODEL_TASKS.get(model)
-    if task is None:
-        return info
-    if info.task != "classification" or len(info.input_shape) != 3:
-        from runyard.data import DATASETS, dataset_info
-
-        fitting = [d for d in DATASETS
-                   if dataset_info(d).task == "classification" and len(dataset_info(d).input_shape) == 3]
-        raise RunyardError(
-            f"{where}: {model} draws the images of a labelled image dataset and {dataset} is not one; "
-            f"allowed datasets: {', '.join(fitting)}"
-        )
-    return dataclasses.replace(info, task=task)
 
 
 def model_inputs(net: nn.Module, x: np.ndarray) -> np.ndarray:
     """What ``net`` takes in place of the data samples ``x``: the samples themselves, or for
     a generator (a net with a ``latent_shape``) as many normal latent codes, always the same
     ones (seed 0). A generator's outputs "for the test split" are so as many generated images."""
-    import numpy as np
-
     shape = getattr(net, "latent_shape", None)
     if shape is None:
         return x
     return np.random.default_rng(0).standard_normal((len(x), *shape)).astype(np.float32)
 
 
-def component(name: str):
-    if name not in ALL_MODELS:
-        raise RunyardError(f"unknown model {name!r}; allowed: {', '.join(ALL_MODELS)}")
-    module, attr = ALL_MODELS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+def is_import_path(name: Any) -> bool:
+    """``package.module:Attr``: a model of the user's own, outside runyard."""
+    return isinstance(name, str) and name.count(":") == 1 and all(name.split(":"))
+
+
+def component(name: str, where: str = "model.name"):
+    """The class (or factory) a ``model.name`` names: a built-in name or an import path."""
+    if name in ALL_MODELS:
+        path = ALL_MODELS[name]
+    elif is_import_path(name):
+        path = name
+    else:
+        raise RunyardError(f"{where}: unknown model {name!r}; allowed: {', '.join(ALL_MODELS)}, "
+                           "or an import path package.module:Class")
+    module_name, attr = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise RunyardError(f"{where}: {name!r}: no module {e.name!r} (is it in the project folder, "
+                           "or installed?)") from None
+    if not hasattr(module, attr):
+        public = [n for n in vars(module) if not n.startswith("_") and inspect.isclass(getattr(module, n))]
+        raise RunyardError(f"{where}: {name!r}: module {module_name} has no {attr!r}; "
+                           f"its classes: {', '.join(public) or '(none)'}")
+    found = getattr(module, attr)
+    if name not in ALL_MODELS and not (inspect.isclass(found) and issubclass(found, nn.Module)):
+        raise RunyardError(f"{where}: {name!r} is not a torch.nn.Module subclass (got {type(found).__name__})")
+    return found
 
 
 def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate a ``model:`` section against its component's signature; return typed kwargs."""
-    from pydantic import ValidationError
-
-    from runyard.config import format_validation_error, kwargs_model
-
     name = spec.get("name")
-    if name not in ALL_MODELS:
-        raise RunyardError(f"{where}.name: unknown model {name!r}; allowed: {', '.join(ALL_MODELS)}")
-    if is_classical(name):
-        from runyard.models.classical import INJECTED as skip
-    else:
-        skip = INJECTED
-    args_model = kwargs_model(component(name), skip=skip)
+    skip = classical.INJECTED if is_classical(name) else INJECTED
+    args_model = kwargs_model(component(name, where=f"{where}.name"), skip=skip)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     try:
         return args_model.model_validate(kwargs).model_dump()
@@ -137,49 +115,16 @@ def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
         raise RunyardError(format_validation_error(e, args_model, where)) from None
 
 
-def check_model_fits(spec: dict[str, Any], info, dataset: str, where: str) -> None:
-    """Build the model and run two dummy samples through it: a model that cannot take
-    the dataset's inputs fails here, in a blink, not on a Ray worker after a run exists."""
-    if is_classical(spec["name"]):
-        # Any input shape fits (it is flattened); scikit-learn checks its arguments only at
-        # fit time, and check_model_spec has checked them already.
-        if info.task != "classification":
-            from runyard.data import DATASETS, dataset_info
-
-            fitting = [d for d in DATASETS if dataset_info(d).task == "classification"]
-            raise RunyardError(
-                f"{where}: {spec['name']} is a classifier and {dataset} is a {info.task} dataset; "
-                f"allowed datasets: {', '.join(fitting)}"
-            )
-        return
-
-    import torch
-
-    try:
-        net = build_model(spec, info.input_shape, info.num_outputs)
-        with torch.no_grad():
-            out = net.eval()(torch.from_numpy(model_inputs(net, torch.zeros(2, *info.input_shape).numpy())))
-    except RunyardError:
-        raise
-    except Exception as e:  # noqa: BLE001 (any failure means the model does not fit)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunyardError(
-            f"{where}: {spec['name']} does not fit {dataset} inputs of shape {tuple(info.input_shape)}: {first}"
-        ) from None
-    if len(out) != 2 or not info.fits_output(tuple(out.shape)[1:]):
-        need = tuple(info.output_shape)
-        if None in need:  # detection: any number of queries, enough for the objects
-            need = f"({', '.join(f'>= {info.max_objects} queries' if n is None else str(n) for n in need)})"
-        raise RunyardError(
-            f"{where}: {spec['name']} gives outputs {tuple(out.shape)[1:]} per sample, {dataset} needs {need}"
-        )
-
-
 def build_model(spec: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     if is_classical(spec.get("name")):
         raise RunyardError(f"model {spec['name']!r} is a scikit-learn estimator: use build_estimator")
     kwargs = check_model_spec(spec, where="model")
-    return component(spec["name"])(tuple(input_shape), num_outputs, **kwargs)
+    cls = component(spec["name"])
+    # A user's module may leave out what it does not need of the dataset's shapes.
+    taken = inspect.signature(cls).parameters
+    shapes = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    any_kw = any(p.kind is p.VAR_KEYWORD for p in taken.values())
+    return cls(**{k: v for k, v in shapes.items() if k in taken or any_kw}, **kwargs)
 
 
 def build_estimator(spec: dict[str, Any], seed: int):

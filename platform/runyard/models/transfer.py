@@ -1,7 +1,7 @@
 """Starting from another experiment's trained weights: transfer learning and fine-tuning
 after unsupervised pretraining (a pipeline's ``init:`` section).
 
-- ``check_init``: the section against both models, before any work (config time).
+- ``runyard.checks`` checks the section against both models, before any work (config time).
 - ``source_state``: the weights to copy, from the source's ``models/<from>/`` (the
   train@<from> stage's output), with the source run for lineage.
 - ``param_groups``: per-module learning rates (``lr_groups``) for the optimizer.
@@ -19,24 +19,20 @@ Here the optimizer, the schedule and DDP see every parameter from the start.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import nn
 
+from runyard.config import Experiment
+from runyard.data import DatasetInfo
 from runyard.errors import RunyardError
-
-if TYPE_CHECKING:
-    import torch
-
-    from runyard.config import Experiment, Project
-    from runyard.data import DatasetInfo
+from runyard.models import build_model
+from runyard.models import saved as saved_model
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
-
-_checking: list[str] = []
-"""Experiments whose init: is being checked, outermost first (to catch cycles)."""
-
 
 # --------------------------------------------------------------------------- config time
 
@@ -50,71 +46,16 @@ def module_names(net: nn.Module) -> list[str]:
     return [n for n, _ in net.named_modules() if n]
 
 
-def _allowed(net: nn.Module) -> str:
+def allowed_modules(net: nn.Module) -> str:
     names = [n for n in module_names(net) if n.count(".") <= 1]
     return ", ".join(names[:24]) + (", ..." if len(names) > 24 else "")
-
-
-def check_init(project: Project, exp: Experiment, info: DatasetInfo, where: str) -> None:
-    """Every key of ``exp.init`` against the source experiment and both models."""
-    from runyard.data.view import view_info
-    from runyard.models import build_model, is_classical
-
-    init = exp.init
-    for section in ("search", "cv"):
-        if getattr(exp, section) is not None:
-            raise RunyardError(
-                f"{where}: init: not supported together with {section}: (it trains with runyard train only)"
-            )
-    if is_classical(exp.model_name):
-        raise RunyardError(f"{where}: init: {exp.model_name} is a scikit-learn model; only deep models take weights")
-    others = [n for n in project.experiment_names() if n != exp.name]
-    if init.source not in others:
-        raise RunyardError(f"{where}: init.from: unknown experiment {init.source!r}; allowed: {', '.join(others)}")
-    if init.source in _checking:
-        raise RunyardError(f"{where}: init.from: {init.source!r} starts from {exp.name!r} in turn (a cycle)")
-    _checking.append(exp.name)
-    try:
-        src = project.experiment(init.source)
-    finally:
-        _checking.pop()
-    src_where = project.rel(project.pipeline_file(src.name))
-    if is_classical(src.model_name):
-        raise RunyardError(f"{where}: init.from: {src.name} is a scikit-learn model; it has no weights to copy")
-
-    net = build_model(exp.model, info.input_shape, info.num_outputs)
-    src_info = view_info(project.dataset_info(src.dataset), src)
-    src_net = build_model(src.model, src_info.input_shape, src_info.num_outputs)
-    names = module_names(net)
-    if init.part != "all":
-        for model, label in ((net, "this model"), (src_net, f"{src.name} ({src_where})")):
-            if init.part not in module_names(model):
-                raise RunyardError(
-                    f"{where}: init.part: {label} has no module {init.part!r}; allowed: all, {_allowed(model)}"
-                )
-    mismatch = _mismatch(part_of(src_net.state_dict(), init.part), part_of(net.state_dict(), init.part))
-    if mismatch:
-        raise RunyardError(
-            f"{where}: init.part: {init.part!r} of {src.name} ({src_where}) does not fit this model: {mismatch}"
-        )
-    for key in ("freeze", "lr_groups"):
-        for prefix in getattr(init, key):
-            if prefix not in names:
-                raise RunyardError(
-                    f"{where}: init.{key}: no module {prefix!r} in model {exp.model_name}; allowed: {_allowed(net)}"
-                )
-            if key == "freeze" and not within(prefix, init.part):
-                raise RunyardError(
-                    f"{where}: init.freeze: {prefix!r} is not copied from {src.name} (init.part is "
-                    f"{init.part!r}); freeze only modules within it"
-                )
 
 
 def part_of(state: dict[str, Any], part: str) -> dict[str, Any]:
     return {k: v for k, v in state.items() if within(k, part)}
 
 
-def _mismatch(source: dict[str, Any], target: dict[str, Any]) -> str | None:
+def mismatch_of(source: dict[str, Any], target: dict[str, Any]) -> str | None:
     """How two state dicts differ in keys or shapes (None: they fit)."""
     only_src, only_tgt = sorted(source.keys() - target.keys()), sorted(target.keys() - source.keys())
     if only_src or only_tgt:
@@ -129,30 +70,22 @@ def _mismatch(source: dict[str, Any], target: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- train time
 
 
-def source_state(project: Project, exp: Experiment) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The weights ``exp`` starts from (``init.part`` of the source's trained model), and
-    the source's record (its MLflow run and model URI, for lineage)."""
-    import torch
-
-    from runyard.models import build_model
-    from runyard.models import saved as saved_model
-
+def source_state(exp: Experiment, info: DatasetInfo, model_dir: Path, where: str,
+                 source_pipeline: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights ``exp`` starts from (``init.part`` of the source's trained model in
+    ``model_dir``), and the source's record (its MLflow run and model URI, for lineage)."""
     init = exp.init
-    model_dir = project.model_dir(init.source)
-    where = project.rel(model_dir)
     record = saved_model.read_record(model_dir, where)
     if saved_model.is_classical(record):
         raise RunyardError(f"{where}: holds a scikit-learn model; init.from needs a deep one")
     state = torch.load(model_dir / saved_model.WEIGHTS, map_location="cpu", weights_only=True)
-    info = project.experiment_info(exp)
     target = build_model(exp.model, info.input_shape, info.num_outputs).state_dict()
     part = part_of(state, init.part)
-    mismatch = _mismatch(part, part_of(target, init.part))
+    mismatch = mismatch_of(part, part_of(target, init.part))
     if mismatch:
         raise RunyardError(
             f"{where}: does not fit {exp.name}'s init.part {init.part!r} ({mismatch}); it was trained "
-            f"from another version of {project.rel(project.pipeline_file(init.source))}: "
-            f"run `runyard train {init.source}` again"
+            f"from another version of {source_pipeline}: run `runyard train {init.source}` again"
         )
     return part, record
 

@@ -30,19 +30,20 @@ def use_tracking(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str, description: str = "") -> str:
     """The experiment's id, creating it with its artifacts at ``artifact_location``.
 
     On a tracking server a local path (the embedded default, ``mlflow.artifact_root:
     mlruns/artifacts``) would put artifacts on whichever machine logged them: the
     server's own store (``--artifacts-destination``, e.g. S3) is used instead. A URI
-    (``s3://...``) is used as it is."""
+    (``s3://...``) is used as it is. ``description`` shows on the experiment's page."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     if client.tracking_uri.startswith(("http://", "https://")) and artifact_location.startswith("file:"):
         artifact_location = None
-    return client.create_experiment(name, artifact_location=artifact_location)
+    tags = {"mlflow.note.content": description} if description else None
+    return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from ray.tune import Callback
 
 from runyard.tracking.runs import flatten
@@ -130,6 +130,4 @@ class ChildRuns(Callback):
 
 
 def _params(config: dict[str, Any]):
-    from mlflow.entities import Param
-
     return [Param(k, v) for k, v in flatten(config).items()]

@@ -1,9 +1,9 @@
-"""A pipeline's search space: checked before any trial starts, then turned into Ray Tune domains.
+"""A pipeline's search space as Ray Tune domains, and a trial's values applied to the experiment.
 
 Keys are dotted paths into the experiment (``model.dropout``, ``recipe.lr``,
-``recipe.schedule.name``). Each domain's bounds (or every option) are applied to
-the experiment and validated like a hand-written pipeline, so a value the model
-or recipe would reject fails here, with the key, not in trial 7.
+``recipe.schedule.name``). ``runyard.checks.check_space`` has checked every bound and
+option like a hand-written pipeline when the config was loaded, so a value the model
+or recipe would reject failed there, with the key, not in trial 7.
 """
 
 from __future__ import annotations
@@ -11,62 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
+from ray import tune
 
-from runyard.config import Experiment, Recipe, Search, _fields_at, format_validation_error
-from runyard.errors import RunyardError
-
-ROOTS = ("model", "recipe")
-
-
-def check_space(exp: Experiment, info, where: str) -> None:
-    """Every key names something the experiment takes; every bound and option is valid."""
-    from runyard.config import kwargs_model
-    from runyard.models import INJECTED, check_model_fits, component
-
-    if exp.recipe.epochs is None and exp.cv is None:
-        raise RunyardError(f"{where}: recipe.steps: a search budgets trials in epochs; set recipe.epochs instead")
-    for key, domain in exp.search.space.items():
-        at = f"{where}: search.space.{key}"
-        root, _, rest = key.partition(".")
-        if root not in ROOTS or not rest:
-            raise RunyardError(f"{at}: not a searchable key; allowed: model.<argument>, recipe.<field>")
-        parts = rest.split(".")
-        if root == "model":
-            allowed = list(kwargs_model(component(exp.model_name), skip=INJECTED).model_fields)
-            if len(parts) > 1 or parts[0] not in allowed:
-                raise RunyardError(f"{at}: {exp.model_name} takes no {rest!r}; allowed: {', '.join(allowed)}")
-        else:
-            allowed = _fields_at(Recipe, tuple(parts[:-1]))
-            if parts[-1] not in allowed:
-                raise RunyardError(f"{at}: the recipe has no {rest!r}; allowed: {', '.join(allowed)}")
-        for value in domain.corners():
-            try:
-                trial = apply(exp, {key: value})
-                if root == "model":
-                    check_model_fits(trial.model, info, exp.dataset, where="model")
-            except RunyardError as e:
-                detail = str(e).split(": ", 1)[-1]
-                raise RunyardError(f"{at}: {value!r} is not allowed: {detail}") from None
+from runyard.config import Experiment, Search
+from runyard.models import check_model_spec
 
 
 def apply(exp: Experiment, overrides: dict[str, Any]) -> Experiment:
     """The experiment with ``overrides`` (dotted keys) set, validated like a pipeline file."""
-    from runyard.models import check_model_spec
-
-    raw = exp.model_dump(mode="json", by_alias=True)
-    for key, value in overrides.items():
-        node = raw
-        *path, leaf = key.split(".")
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}  # e.g. recipe.early_stopping when the file leaves it out
-            node = node[part]
-        node[leaf] = value
-    try:
-        trial = Experiment.model_validate(raw)
-    except ValidationError as e:
-        raise RunyardError(format_validation_error(e, Experiment, "trial")) from None
+    trial = exp.with_overrides(overrides)
     check_model_spec(trial.model, where="model")
     return trial
 
@@ -74,8 +27,6 @@ def apply(exp: Experiment, overrides: dict[str, Any]) -> Experiment:
 def tune_domains(search: Search) -> dict[str, Any]:
     """Ray Tune's param_space. Options that are lists travel as JSON strings (Optuna
     only samples scalars); ``decode`` turns them back."""
-    from ray import tune
-
     grid = search.algorithm == "grid"
     space = {}
     for key, d in search.space.items():

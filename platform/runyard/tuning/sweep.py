@@ -14,33 +14,26 @@ errors are from fewer epochs. Cross-validated trials keep no model, so they get 
 
 from __future__ import annotations
 
-import csv
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import mlflow
 import torch
 
+from runyard import tasks
 from runyard.config import Experiment
 from runyard.data import DatasetInfo
 from runyard.data.splits import Splits
+from runyard.data.training import training_split
+from runyard.evaluation import plots
+from runyard.evaluation.tables import write_records
+from runyard.models import build_model
+from runyard.tuning.results import best_weights, max_epochs
+from runyard.tuning.space import apply, decode
 
 HIGHER_IS_BETTER = ("acc", "iou", "dice", "f1", "precision", "recall", "specificity", "pixel_acc")
-
-
-def scores(info: DatasetInfo, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """The task's test metrics for outputs ``out``, without the ``test/`` prefix."""
-    from runyard.evaluation import metrics
-
-    if info.task == "regression":
-        values = metrics.regression(y, out)
-    elif info.task == "segmentation":
-        values = metrics.segmentation(y, out.argmax(1), info.num_classes)[0]
-    else:
-        values = metrics.classification(y, out.argmax(1), info.num_classes)[0]
-    return {k.removeprefix("test/"): v for k, v in values.items()}
 
 
 def error_of(kind: str, value: float) -> float:
@@ -51,12 +44,7 @@ def error_of(kind: str, value: float) -> float:
 def score_trials(exp: Experiment, info: DatasetInfo, splits: Splits, seed: int, grid) -> list[dict[str, Any]]:
     """One row per trial with a checkpoint: its searched values, outcome, parameter count,
     and its train / val / test scores."""
-    from runyard.data.training import training_split
-    from runyard.models import build_model
-    from runyard.tuning.search import _best_weights, max_epochs
-    from runyard.tuning.space import apply, decode
-
-    rows = []
+    task, rows = tasks.get(info.task), []
     for result in grid:
         metrics = result.metrics or {}
         if result.error is not None or not metrics.get("trial_id"):
@@ -66,7 +54,7 @@ def score_trials(exp: Experiment, info: DatasetInfo, splits: Splits, seed: int, 
         config = decode({k: result.config[k] for k in exp.search.space if k in result.config}, exp.search)
         trial = apply(exp, config)
         net = build_model(trial.model, info.input_shape, info.num_outputs)
-        net.load_state_dict(_best_weights(result))
+        net.load_state_dict(best_weights(result))
         net.eval()
         fitted = training_split(splits, trial.recipe, seed, info.num_outputs)
         row: dict[str, Any] = {
@@ -77,7 +65,7 @@ def score_trials(exp: Experiment, info: DatasetInfo, splits: Splits, seed: int, 
         with torch.no_grad():
             for split, x, y in (("train", fitted.x_train, fitted.y_train), ("val", splits.x_val, splits.y_val),
                                 ("test", splits.x_test, splits.y_test)):
-                for kind, value in scores(info, y, net(torch.from_numpy(x)).numpy()).items():
+                for kind, value in task.scores(info, y, net(torch.from_numpy(x)).numpy()).items():
                     row[f"{split}/{kind}"] = value
         rows.append(row)
     return rows
@@ -85,8 +73,6 @@ def score_trials(exp: Experiment, info: DatasetInfo, splits: Splits, seed: int, 
 
 def record_sweep(project, exp: Experiment, info: DatasetInfo, splits: Splits, seed: int, grid, children) -> None:
     """Score every trial; log to the child runs, the parent run (active) and plots/tune/<exp>/."""
-    import mlflow
-
     if exp.cv is not None:
         return
     rows = score_trials(exp, info, splits, seed, grid)
@@ -104,27 +90,12 @@ def record_sweep(project, exp: Experiment, info: DatasetInfo, splits: Splits, se
     kind = kind if f"test/{kind}" in rows[0] else next(k.partition("/")[2] for k in rows[0] if k.startswith("test/"))
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        write_table(rows, staging / "sweep.csv")
+        write_records(rows, staging / "sweep.csv")
         plot(exp, rows, kind, staging / "sweep.png")
         mlflow.log_artifacts(str(staging), "sweep")
         out = project.root / "plots" / "tune" / exp.name
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(staging, out)
-
-
-def write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, header, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
-
-
-def _cell(value: Any) -> Any:
-    import json
-
-    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def _is_number(v: Any) -> bool:
@@ -140,7 +111,6 @@ def axes(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
 def plot(exp: Experiment, rows: list[dict[str, Any]], kind: str, out: Path) -> None:
     """Train, validation and test error against each axis: ``sweep.png``, or with several
     axes one ``sweep_<key>.png`` each."""
-    from runyard.evaluation import plots
 
     done = [r for r in rows if r["outcome"] == "completed"] or rows
     keys = axes(exp, done)

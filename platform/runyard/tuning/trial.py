@@ -10,18 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from runyard.config import Experiment, RayParams, Search
 from runyard.data import DatasetInfo
+from runyard.execution.checkpoints import resume_path
+from runyard.execution.trainer import torch_trainer
 from runyard.tuning.space import apply, decode
+
+# Lightning is imported inside the functions below, which run on the trial actors: the
+# search's driver imports this module too, and never trains.
 
 
 def run_trial(
     config: dict[str, Any], *, experiment: dict, info: DatasetInfo, splits, seed: int, storage_path: str,
 ) -> None:
     """Ray Tune's function trainable; ``config`` holds this trial's sampled values."""
-    from runyard.execution.worker import _quiet_lightning
+    from runyard.execution.lightning import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     exp = Experiment.model_validate(experiment)
     trial = apply(exp, decode(config, exp.search))
     if exp.cv:
@@ -33,10 +43,8 @@ def run_trial(
 
 
 def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
-    from ray import tune
-
+    from runyard.execution.lightning import ReportEpochs
     from runyard.execution.local import fit_local
-    from runyard.execution.worker import ReportEpochs, resume_path
 
     with resume_path(tune.get_checkpoint()) as ckpt_path:
         fit_local(exp, info, splits, seed=seed, cpus=search.cpus_per_worker,
@@ -45,9 +53,6 @@ def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed
 
 def _cross_validated(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
     """One report per fold: the running mean (and std) of the folds so far."""
-    import numpy as np
-    from ray import tune
-
     from runyard.execution.cv import fit_fold, folds
 
     metric, scores = exp.optimized_metric, []
@@ -59,12 +64,6 @@ def _cross_validated(exp: Experiment, search: Search, info: DatasetInfo, splits,
 
 
 def _data_parallel(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int, storage_path: str) -> None:
-    import ray
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from runyard.execution.trainer import torch_trainer
-
     ray_params = RayParams(num_workers=search.workers_per_trial, cpus_per_worker=search.cpus_per_worker)
     # Named after the trial: a resumed search restarts this Train run from its checkpoint.
     trainer = torch_trainer(

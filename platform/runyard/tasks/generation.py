@@ -1,9 +1,11 @@
-"""The ``generation`` system: a GAN trained with Lightning's manual optimisation.
+"""Generation (GANs): the task a generative model makes of a labelled image dataset.
+
+A GAN is trained with Lightning's manual optimisation, so this task has its own system.
 
 Each batch takes one discriminator step (real images against the generator's, detached)
 and one generator step (the non-saturating loss: make the discriminator say "real"),
 each with its own optimiser built from the recipe. Every validation scores a fixed
-batch of latent codes with the digits judge (``runyard.evaluation.generation``), and
+batch of latent codes with the digits judge (``runyard.evaluation.judge``), and
 every epoch leaves a sample grid of another fixed batch for the MLflow run
 (``epoch_artifacts``, picked up by rank 0's epoch logger).
 """
@@ -14,13 +16,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
+import lightning.pytorch as pl  # the task has its own system; only GAN experiments import this module
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from runyard.config import Recipe
+from runyard.evaluation import plots
+from runyard.evaluation.judge import judge, quality
 from runyard.models.optim import build_optimizer, build_schedule
+from runyard.tasks.base import Task
 
 GRID_SAMPLES = 64
 """Images in each epoch's sample grid (8 x 8), always from the same latent codes."""
@@ -55,8 +61,6 @@ class GANSystem(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         # The judge learns the training split's labels, once per process (cached).
-        from runyard.evaluation.generation import judge
-
         tensors = getattr(self.trainer.datamodule, "tensors", None)
         if tensors is not None and self.judge is None:
             self.train_images = tensors["x_train"]
@@ -131,8 +135,6 @@ class GANSystem(pl.LightningModule):
     def on_validation_epoch_end(self):
         if self.judge is None:
             return
-        from runyard.evaluation.generation import quality
-
         samples = self.net.generator(self.scored_latents.to(self.device))
         values = quality(samples, self.judge, self.train_images)
         self.log_dict({f"val/{k}": v for k, v in values.items()})
@@ -141,11 +143,41 @@ class GANSystem(pl.LightningModule):
 
     def epoch_artifacts(self, epoch: int, out: Path) -> None:
         """This epoch's sample grid, ``samples/epoch_NNN.png``, for rank 0's epoch logger."""
-        from runyard.evaluation.plots import save_grid
-
         training = self.net.training
         self.net.eval()
         with torch.no_grad():
             images = self.net.generator(self.grid_latents.to(self.device)).cpu().numpy()
         self.net.train(training)
-        save_grid(images, out / "samples" / f"epoch_{epoch:03d}.png")
+        plots.save_grid(images, out / "samples" / f"epoch_{epoch:03d}.png")
+
+
+class Generation(Task):
+    name = "generation"
+    metrics = ("val/inception_score", "val/confidence", "val/class_entropy", "val/nn_distance", "val/d_real",
+               "train/d_loss", "train/g_loss", "train/d_real", "train/d_fake")
+    system = "runyard.tasks.generation:GANSystem"
+
+    def output_shape(self, info):
+        """A sample like the data's."""
+        return tuple(info.input_shape)
+
+    def evaluate(self, name, info, splits, out, staging, predict):
+        """``out`` holds as many generated images as the test split has real ones. Writes the
+        judge's numbers for both (``test/<number>`` and ``test/<number>_real``) and
+        ``samples.png``: generated and real test images side by side."""
+        j = judge(splits.x_train, splits.y_train)
+        train = torch.from_numpy(np.asarray(splits.x_train))
+        fake = quality(torch.from_numpy(out), j, train)
+        real = quality(torch.from_numpy(np.asarray(splits.x_test)), j, train)
+        values = {f"test/{k}": v for k, v in fake.items()}
+        values.update({f"test/{k}_real": v for k, v in real.items()})
+        shown = min(100, len(out), len(splits.x_test))
+        plots.samples(
+            [("generated", out[:shown]), ("real (test split)", np.asarray(splits.x_test[:shown]))],
+            f"{name}: inception score {fake['inception_score']:.2f} (real {real['inception_score']:.2f})",
+            staging / "samples.png",
+        )
+        return values
+
+
+TASK = Generation()

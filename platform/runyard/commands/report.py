@@ -6,8 +6,8 @@ import json
 
 from rich.table import Table
 
-from runyard.config import Project
 from runyard.progress import report_console
+from runyard.project import Project
 
 RESULT_KEYS = ("test/acc", "test/f1", "test/mse", "test/iou", "test/dice", "test/map50", "test/inception_score")
 

@@ -1,4 +1,4 @@
-"""Set prediction for object detection (DETR; Carion et al. 2020): boxes, matching, loss.
+"""Detection: set prediction (DETR; Carion et al. 2020), boxes, Hungarian matching, mAP.
 
 A detector gives, per image, one row per object query: ``num_classes + 1`` class scores
 ("no object" last), then a box ``(cx, cy, w, h)`` as fractions of the image size.
@@ -7,9 +7,6 @@ A target is ``(max_objects, 5)`` rows ``(class, cx, cy, w, h)``, class -1 for pa
 (the Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``) and scores each
 query against its match, or against "no object" if it has none: so the net learns to
 give each object exactly one box, with no anchors and no non-maximum suppression.
-
-Box geometry is plain torch (no torchvision): the same functions serve the loss and
-the test metric (``runyard.evaluation.metrics.detection``).
 """
 
 from __future__ import annotations
@@ -17,45 +14,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from runyard.evaluation import metrics, plots
+from runyard.evaluation.boxes import decode, iou_and_giou, pairwise, split_output, xyxy
+from runyard.evaluation.tables import write_csv
+from runyard.tasks.base import Task
 
 # DETR's weights: the matching cost and the loss weigh the three terms alike.
 CLASS_WEIGHT, L1_WEIGHT, GIOU_WEIGHT = 1.0, 5.0, 2.0
 NO_OBJECT_WEIGHT = 0.1
 """Cross-entropy weight of the "no object" class: most queries have no object, and at
 full weight they would teach every query to say so."""
-
-
-def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class logits ``(..., num_classes + 1)`` and boxes ``(..., 4)`` of detector outputs."""
-    return out[..., :-4], out[..., -4:]
-
-
-def xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """``(cx, cy, w, h)`` -> corners ``(x0, y0, x1, y1)``."""
-    centre, size = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
-
-
-def iou_and_giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """IoU and generalised IoU (Rezatofighi et al. 2019) of corner boxes ``a`` and ``b``
-    (``(..., 4)``, broadcast against each other). GIoU = IoU - (C - U) / C, with U the
-    union and C the smallest box enclosing both: it is in (-1, 1] and, unlike IoU, still
-    tells disjoint boxes apart by how far they are from each other."""
-    lo, hi = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (hi - lo).clamp(min=0).prod(-1)
-    union = area(a) + area(b) - inter
-    iou = inter / union.clamp(min=1e-9)
-    enclosing = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).prod(-1)
-    return iou, iou - (enclosing - union) / enclosing.clamp(min=1e-9)
-
-
-def area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
-
-
-def pairwise(fn, a: torch.Tensor, b: torch.Tensor):
-    """``fn`` of every box of ``a`` (..., N, 4) with every box of ``b`` (..., M, 4): (..., N, M)."""
-    return fn(a[..., :, None, :], b[..., None, :, :])
+SHOWN = 8
+"""Test images shown in the detection figure (the first ones of the split)."""
+SCORE_SHOWN = 0.5
+"""Detections drawn in the figure: those scored at least this (mAP counts them all)."""
 
 
 def match(out: torch.Tensor, targets: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -63,8 +37,6 @@ def match(out: torch.Tensor, targets: torch.Tensor) -> list[tuple[np.ndarray, np
     cost: (query indices, object indices). The cost of a pair is the loss's terms:
     minus the query's probability of the object's class, the L1 distance of the boxes
     and minus their generalised IoU."""
-    from scipy.optimize import linear_sum_assignment
-
     with torch.no_grad():
         logits, boxes = split_output(out.float())
         prob = logits.softmax(-1)  # (B, Q, C + 1)
@@ -110,9 +82,47 @@ def set_loss(out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, di
     return loss, {"ce": ce.detach(), "l1": l1.detach(), "giou": giou_loss.detach()}
 
 
-def decode(out: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each query's detection: score (the probability of its likeliest object class),
-    that class, and its box as corners; arrays (B, Q), (B, Q), (B, Q, 4)."""
-    logits, boxes = split_output(torch.as_tensor(out).float())
-    scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-    return scores.numpy(), labels.numpy(), xyxy(boxes).numpy()
+class Detection(Task):
+    """A net with ``forward_layers`` (every decoder layer's detections) is scored on each
+    layer and the losses summed, DETR's auxiliary losses; ``loss`` is that sum, ``ce``,
+    ``l1`` and ``giou`` are the last layer's terms, and ``map50`` is its mAP at IoU 0.5
+    (on the batch: the validation batch is the whole split)."""
+
+    name = "detection"
+    metrics = ("val/map50", "val/loss", "train/map50", "train/loss")
+
+    def output_shape(self, info):
+        """A row per query (any number, at least ``max_objects``): class scores, "no object", the box."""
+        return (None, info.num_outputs + 1 + 4)
+
+    def loss_and_metrics(self, net, batch):
+        x, y = batch
+        layers = net.forward_layers(x) if hasattr(net, "forward_layers") else net(x)[None]
+        losses = [set_loss(out, y) for out in layers]
+        loss = torch.stack([layer_loss for layer_loss, _ in losses]).sum()
+        final = layers[-1].detach().float().cpu().numpy()
+        map50 = metrics.mean_average_precision(y.cpu().numpy(), final, final.shape[-1] - 5, iou_threshold=0.5)
+        return loss, {"loss": loss.detach(), "map50": torch.tensor(map50), **losses[-1][1]}
+
+    def evaluate(self, name, info, splits, out, staging, predict):
+        """mAP at IoU 0.5 and 0.75; the first test images with true and detected boxes; every
+        detection scored at least ``SCORE_SHOWN`` as a CSV (image, class, score, box)."""
+        values = metrics.detection(splits.y_test, out, info.num_classes)
+        scores, labels, boxes = decode(out)
+        shown = scores >= SCORE_SHOWN
+        detected = [np.column_stack([labels[i][keep], boxes[i][keep], scores[i][keep]])
+                    for i, keep in enumerate(shown)]
+        real = splits.y_test[..., 0] >= 0
+        corners = xyxy(torch.from_numpy(splits.y_test[..., 1:])).numpy()
+        true = [np.column_stack([splits.y_test[i, keep, 0], corners[i][keep]]) for i, keep in enumerate(real)]
+        k = SHOWN
+        plots.detections(splits.x_test[:k], true[:k], detected[:k], info.num_classes,
+                         f"{name}: true (dashed) and detected boxes, mAP@0.5 {values['test/map50']:.3f}",
+                         staging / "boxes.png")
+        write_csv(staging / "detections.csv", ["image", "class", "score", "x0", "y0", "x1", "y1"],
+                  ([i, int(d[0]), round(float(d[5]), 4), *(round(float(v), 4) for v in d[1:5])]
+                   for i, rows in enumerate(detected) for d in rows))
+        return values
+
+
+TASK = Detection()

@@ -29,9 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from mlflow.exceptions import MlflowException
+from rich.table import Table
 
-from runyard.config import Project
-from runyard.errors import RunyardError
+from runyard.errors import RunyardError, summary_line
+from runyard.models import saved
+from runyard.project import Project
+from runyard.tracking.client import Tracking
+from runyard.tracking.lineage import package_versions
 
 TOLERANCE = 1e-4
 """Largest absolute difference allowed between a recorded and a reproduced metric."""
@@ -105,8 +110,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def lineage(client, spec: str) -> Lineage:
     """The lineage of ``MODEL@ALIAS``; one line naming what is missing otherwise."""
-    from mlflow.exceptions import MlflowException
-
     name, alias = parse_spec(spec)
     try:
         model = client.get_registered_model(name)
@@ -149,14 +152,10 @@ def lineage(client, spec: str) -> Lineage:
 
 def reproduce(project: Project, spec: str, tolerance: float = TOLERANCE) -> Reproduction:
     """Rebuild ``MODEL@ALIAS`` from its lineage and compare its metrics with the recorded ones."""
-    from runyard.stages import tracking_uri
-    from runyard.tracking.lineage import package_versions
-    from runyard.tracking.runs import use_tracking
-
     if not (tolerance >= 0):
         raise RunyardError(f"--tolerance: must be >= 0 (got {tolerance})")
-    uri = tracking_uri(project)
-    client = use_tracking(uri)
+    tracking = Tracking.of(project)
+    uri, client = tracking.uri, tracking.client
     rec = lineage(client, spec)
     top = _git(project.root, "rev-parse", "--show-toplevel")
     if _git(project.root, "cat-file", "-e", f"{rec.commit}^{{commit}}", check=False) is None:
@@ -191,7 +190,7 @@ def _git(cwd: Path, *args: str, check: bool = True) -> str | None:
     done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         if check:
-            raise RunyardError(f"reproduce: git {args[0]} failed: {_last_line(done.stderr)}")
+            raise RunyardError(f"reproduce: git {args[0]} failed: {summary_line(done.stderr)}")
         return None
     return done.stdout.strip()
 
@@ -240,7 +239,7 @@ def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
     pulled = _dvc(wt, "pull", dvc_file)
     if pulled.returncode != 0 and _dvc(wt, "checkout", dvc_file).returncode != 0:
         raise RunyardError(f"reproduce: {spec}: data/{rec.dataset} version {rec.data_md5} is neither in the "
-                           f"DVC cache nor pulled from the remote ({_last_line(pulled.stderr)}); "
+                           f"DVC cache nor pulled from the remote ({summary_line(pulled.stderr)}); "
                            "`dvc push` it where it was trained")
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +250,7 @@ def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
 def _share_dvc_settings(root: Path, wt: Path) -> None:
     """The worktree uses the project's DVC cache and its local settings (remote credentials
     live in .dvc/config.local, outside git)."""
+    # DVC's Python API loads its whole repo machinery (seconds): only a reproduction needs it.
     from configobj import ConfigObj
     from dvc.repo import Repo
 
@@ -272,14 +272,7 @@ def _stage(wt: Path, env: dict[str, str], spec: str, verb: str, name: str) -> No
 
 
 def _new_run_id(wt: Path, experiment: str) -> str:
-    from runyard.models import saved
-
     return saved.read_record(wt / "models" / experiment, f"models/{experiment}")["run_id"]
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"
 
 
 # --------------------------------------------------------------------------- report
@@ -287,8 +280,6 @@ def _last_line(text: str) -> str:
 
 def report(result: Reproduction, console) -> None:
     """Recorded against reproduced metrics as a table, then one verdict line."""
-    from rich.table import Table
-
     table = Table(title=f"{result.model} v{result.version}: run {result.recorded_run[:8]} "
                         f"(commit {result.commit[:8]}) against run {result.new_run[:8]}")
     for col, justify in (("metric", "left"), ("recorded", "right"), ("reproduced", "right"),

@@ -22,7 +22,6 @@ close to them, with the same number of images (the score depends on N).
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,24 +73,3 @@ def quality(images: torch.Tensor, judge: Judge, train_images: torch.Tensor) -> d
         "class_entropy": float(-(marginal * marginal.log()).sum()),
         "nn_distance": float(nearest.mean()),
     }
-
-
-def evaluate(name: str, info, splits, out: np.ndarray, staging: Path, predict) -> dict:
-    """The ``generation`` evaluator: ``out`` holds as many generated images as the test split
-    has real ones. Writes the judge's numbers for both (``test/<number>`` and
-    ``test/<number>_real``) and ``samples.png``: generated and real test images side by side."""
-    from runyard.evaluation import plots
-
-    j = judge(splits.x_train, splits.y_train)
-    train = torch.from_numpy(np.asarray(splits.x_train))
-    fake = quality(torch.from_numpy(out), j, train)
-    real = quality(torch.from_numpy(np.asarray(splits.x_test)), j, train)
-    values = {f"test/{k}": v for k, v in fake.items()}
-    values.update({f"test/{k}_real": v for k, v in real.items()})
-    shown = min(100, len(out), len(splits.x_test))
-    plots.samples(
-        [("generated", out[:shown]), ("real (test split)", np.asarray(splits.x_test[:shown]))],
-        f"{name}: inception score {fake['inception_score']:.2f} (real {real['inception_score']:.2f})",
-        staging / "samples.png",
-    )
-    return values

@@ -1,0 +1,101 @@
+"""Lightning, built one way for every place that trains: the Ray Train worker
+(``execution.worker``), a search trial or a CV fold in process (``execution.local``)
+and the benchmark. The system, the Trainer and its quiet settings live here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping
+
+from runyard.config import Experiment
+from runyard.execution.checkpoints import CKPT_FILE
+from runyard.models import build_model
+from runyard.models.transfer import Freeze, load_part
+from runyard.tasks.system import build_system as task_system
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners and tips repeat once per worker; keep real warnings."""
+    # ray.train logs every report and checkpoint at INFO, once per epoch per worker.
+    for name in ("lightning.pytorch", "lightning.fabric", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Validation runs on the whole split on every rank: numbers are equal, no sync needed.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def build_system(exp: Experiment, info: dict[str, Any], init_state: dict | None = None) -> pl.LightningModule:
+    """The system for ``exp``; ``init_state``: weights to start from (``transfer.source_state``)."""
+    net = build_model(exp.model, info["input_shape"], info["num_outputs"])
+    if init_state is not None:
+        load_part(net, init_state)
+    # Only systems with one optimiser take per-group learning rates (not the GAN's two).
+    extra = {"lr_groups": exp.init.lr_groups} if exp.init and exp.init.lr_groups else {}
+    return task_system(info["task"], net, exp.recipe.model_dump(), **extra)
+
+
+def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
+    """The Lightning Trainer for a recipe; ``distribution`` picks devices and strategy."""
+    callbacks = list(callbacks)
+    if exp.init and exp.init.freeze:
+        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every))
+    if exp.recipe.early_stopping:
+        es = exp.recipe.early_stopping
+        callbacks.append(
+            EarlyStopping(
+                exp.optimized_metric, min_delta=es.min_delta, patience=es.patience,
+                mode=exp.optimized_mode,
+            )
+        )
+    return pl.Trainer(
+        **distribution,
+        max_epochs=exp.recipe.epochs or -1,
+        max_steps=exp.recipe.steps or -1,
+        gradient_clip_val=exp.recipe.gradient_clip,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def distribution(world: int, use_gpu: bool, find_unused_parameters: bool = False) -> dict[str, Any]:
+    accelerator = "gpu" if use_gpu else "cpu"
+    if world == 1:
+        # One worker needs no process group: skip DDP's wrapper and all-reduce.
+        return {"accelerator": accelerator, "devices": 1}
+    # Ray's DDP strategy only where there is more than one worker (a Ray Train worker group).
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
+
+    return {
+        "accelerator": accelerator,
+        "devices": "auto",
+        "strategy": RayDDPStrategy(find_unused_parameters=find_unused_parameters),
+        "plugins": [RayLightningEnvironment()],
+    }
+
+
+class ReportEpochs(pl.Callback):
+    """After every epoch, hand its metrics and a checkpoint to Ray (a Tune trial, or a
+    Train run inside one): the scheduler reads them and may stop the trial there, and
+    a resumed search continues the trial from its last epoch."""
+
+    def __init__(self, report, checkpoint_cls):
+        self.report, self.checkpoint_cls = report, checkpoint_cls
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        metrics["epoch"] = trainer.current_epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save_checkpoint(Path(tmp) / CKPT_FILE)
+            ckpt = self.checkpoint_cls.from_directory(tmp) if trainer.global_rank == 0 else None
+            self.report(metrics, checkpoint=ckpt)
