@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import ray
-from ray.tune.experiment.trial import _TrainingRunMetadata
+from ray.tune.trainable.metadata import _TrainingRunMetadata
 
 from runyard.errors import RunyardError
 from runyard.execution.checkpoints import CKPT_FILE
@@ -33,7 +33,8 @@ def set_callbacks(tuner, callbacks: list) -> None:
 
 def recorded_checkpoint(trial_run_state: str) -> str | None:
     """The name of the checkpoint a trial's saved run state records as its latest, if any."""
-    latest = _TrainingRunMetadata.from_json_state(trial_run_state).checkpoint_manager.latest_checkpoint_result
+    manager = _TrainingRunMetadata.from_json_state(trial_run_state).checkpoint_manager
+    latest = None if manager is None else manager.latest_checkpoint_result
     return None if latest is None else Path(latest.checkpoint.path).name
 
 
