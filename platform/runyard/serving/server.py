@@ -83,10 +83,9 @@ def serve(project: Project, spec: str, host: str = "127.0.0.1", port: int = 8080
     target = parse_target(spec)
     if not 0 <= port <= 65535:
         raise RunyardError(f"--port: {port} is not a port; allowed: 1-65535 (0: any free port)")
-    for option, value, least in (("--poll-s", poll_s, 0), ("--max-body-mb", max_body_mb, 0),
-                                 ("--timeout-s", timeout_s, 0)):
-        if not value > least:
-            raise RunyardError(f"{option}: must be > {least} (got {value:g})")
+    for option, value in (("--poll-s", poll_s), ("--max-body-mb", max_body_mb), ("--timeout-s", timeout_s)):
+        if not value > 0:
+            raise RunyardError(f"{option}: must be > 0 (got {value:g})")
     if max_rows < 1:
         raise RunyardError(f"--max-rows: must be >= 1 (got {max_rows})")
     limits = Limits(max_body_bytes=max(1, int(max_body_mb * MB)), max_rows=max_rows, timeout_s=timeout_s)
