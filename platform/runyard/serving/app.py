@@ -9,11 +9,13 @@ of the whole input.
 
 Limits (``Limits``): a body over ``max_body_bytes`` gets a 413, from its Content-Length
 before anything is read, or as soon as a streamed (chunked) body passes the limit, so
-it is never held whole (``read_body``). A batch of more than ``max_rows`` rows gets a 413 before the
-model sees it. A prediction gets ``timeout_s`` seconds, counted from the moment the body
-has arrived (waiting for a free prediction thread included), then a 503. At most
-``threads`` predictions run at once; a request whose time runs out while it waits is
-dropped unstarted, so an overloaded server sheds requests rather than piling them up.
+it is never held whole (``read_body``). A batch of more than ``max_rows`` rows gets a
+413 before the model sees it, whatever the content type (``RowLimited``). A prediction
+gets ``timeout_s`` seconds, counted from the moment the body has arrived (waiting for a
+free prediction thread included), then a 503. At most ``threads`` predictions run at
+once; a request whose time runs out while it waits is dropped unstarted, so an
+overloaded server sheds requests rather than piling them up. (A prediction already
+running cannot be stopped: it finishes on its thread and its answer is dropped.)
 """
 
 from __future__ import annotations
