@@ -34,9 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.table import Table
+
 from runyard.errors import RunyardError, summary_line
 from runyard.execution import jobs
 from runyard.execution.ray_auth import auth_headers, auth_token, explicit_address
+from runyard.progress import report_console
 
 STATE_FILE = "cluster.json"
 HEAD_PORTS = ("port", "dashboard_port", "ray_client_server_port")
@@ -336,10 +339,6 @@ def _require(state_dir: Path) -> dict:
 
 def status(state_dir: Path = Path(".runyard")) -> list[dict]:
     """Print the cluster's nodes and resources as a table; return one dict per node."""
-    from rich.table import Table
-
-    from runyard.progress import report_console
-
     state = _require(Path(state_dir).resolve())
     if not is_up(state):
         raise RunyardError("cluster: the runyard cluster recorded in "

@@ -46,8 +46,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mlflow import MlflowClient
+from rich.table import Table
+
 from runyard.errors import RunyardError, first_line
 from runyard.execution.ray_auth import auth_headers, explicit_address
+from runyard.execution.ray_session import forwarded_env
+from runyard.progress import report_console
+from runyard.project import Project
+from runyard.tracking.lineage import git_state
+from runyard.tracking.runs import ensure_experiment
+from runyard.tracking.uri import artifact_location, check_reachable, resolve
 
 EXCLUDES = [
     "/data/", "/mlruns/", "/models/", "/.venv/", "/.git/", "/.runyard/", "/plots/", "/metrics/",
@@ -98,8 +107,6 @@ def _call(what: str, fn, *args):
 
 def job_env(project) -> dict[str, str]:
     """Environment variables every job of this project gets (see the module docstring)."""
-    from runyard.execution.ray_session import forwarded_env
-    from runyard.tracking.uri import check_reachable, resolve
 
     where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
     uri = resolve(project.params.tracking_uri, project.root)
@@ -117,10 +124,6 @@ def _anchor_artifacts(project, uri: str) -> None:
     root_setting = project.params.mlflow.artifact_root
     if "://" in root_setting:
         return
-    from mlflow import MlflowClient
-
-    from runyard.tracking.runs import ensure_experiment
-    from runyard.tracking.uri import artifact_location
 
     tracking = MlflowClient(uri)
     for name in project.experiment_names():
@@ -133,8 +136,6 @@ def submit(address: str, entrypoint: list[str], project_root: Path, follow: bool
     With ``follow`` the job's output is streamed until it ends; without, the job id
     is printed and 0 returned once it is submitted.
     """
-    from runyard.config import Project
-    from runyard.tracking.lineage import git_state
 
     if not entrypoint:
         raise RunyardError("submit: no command given; e.g. runyard submit -- dvc repro")
@@ -198,9 +199,6 @@ def wait(jobs, job_id: str, timeout_s: float | None = None, poll_s: float = 0.2)
 
 def list_jobs(address: str) -> list:
     """Print every job of the cluster, oldest first, as a table; return their JobDetails."""
-    from rich.table import Table
-
-    from runyard.progress import report_console
 
     found = sorted(_call("jobs", client(address).list_jobs), key=lambda j: j.start_time or 0)
     table = Table(title=f"Ray jobs on {address}")

@@ -12,15 +12,15 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from runyard.errors import RunyardError
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from runyard.models import build_model, model_inputs
+from runyard.models.classical import SKOPS_TRUSTED, flatten, one_hot
 
 WEIGHTS, ESTIMATOR, RECORD = "model.pt", "model.skops", "run.json"
 
@@ -28,15 +28,13 @@ WEIGHTS, ESTIMATOR, RECORD = "model.pt", "model.skops", "run.json"
 def save(out: Path, state_dict: dict[str, torch.Tensor], record: dict[str, Any],
          extra_files: dict[str, str] | None = None) -> None:
     """Write a deep model atomically: models/<exp>/ is either complete or absent."""
-    import torch
-
     _write(out, lambda tmp: torch.save(state_dict, tmp / WEIGHTS), record, extra_files)
 
 
 def save_estimator(out: Path, estimator, record: dict[str, Any],
                    extra_files: dict[str, str] | None = None) -> None:
     """Write a fitted scikit-learn estimator atomically, as ``save`` does for weights."""
-    import skops.io
+    import skops.io  # scikit-learn's model code: only a classical model loads it
 
     _write(out, lambda tmp: skops.io.dump(estimator, tmp / ESTIMATOR),
            {**record, "family": "classical"}, extra_files)
@@ -73,10 +71,6 @@ def is_classical(record: dict[str, Any]) -> bool:
 
 def load(model_dir: Path, where: str) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from its record and load its weights (eval mode)."""
-    import torch
-
-    from runyard.models import build_model
-
     record = read_record(model_dir, where)
     if is_classical(record):
         raise RunyardError(f"{where}: holds a scikit-learn model; use load_estimator")
@@ -90,9 +84,7 @@ def load_estimator(model_dir: Path, where: str):
 
     skops loads only the types it trusts, plus ``SKOPS_TRUSTED`` (scikit-learn's trees
     and neighbour indexes): a file holding anything else is refused, never executed."""
-    import skops.io
-
-    from runyard.models.classical import SKOPS_TRUSTED
+    import skops.io  # scikit-learn's model code: only a classical model loads it
 
     record = read_record(model_dir, where)
     if not is_classical(record):
@@ -109,14 +101,8 @@ def load_predictor(model_dir: Path, where: str) -> tuple[Callable[[np.ndarray], 
     model), whatever the family, and the record: what the evaluate stage needs."""
     record = read_record(model_dir, where)
     if is_classical(record):
-        from runyard.models.classical import flatten, one_hot
-
         estimator, _ = load_estimator(model_dir, where)
         return lambda x: one_hot(estimator.predict(flatten(x)), record["num_outputs"]), record
-
-    import torch
-
-    from runyard.models import model_inputs
 
     net, _ = load(model_dir, where)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from runyard.errors import RunyardError
+from runyard.tracking.uri import check_reachable, resolve
 
 HOST = "127.0.0.1"  # the embedded store has no auth: never serve it beyond this machine
 # One worker is plenty for one person's browser, and MLflow's job runner (GenAI judges,
@@ -21,8 +22,6 @@ ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 def command(project, port: int) -> list[str]:
     """The `mlflow ui` command line for ``project``'s tracking store on HOST:``port``."""
-    from runyard.tracking.uri import check_reachable, resolve
-
     where = f"{project.rel(project.params_file)}: mlflow.tracking_uri"
     uri = resolve(project.params.tracking_uri, project.root)
     if uri.startswith(("http://", "https://")):
