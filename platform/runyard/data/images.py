@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runyard.data import tabular
-from runyard.data.files import Args, Loaded, Source, closest, integral_labels, listing
+from runyard.data.file_format import Args, Loaded, Source, closest, integral_labels, listing
 from runyard.data.splits import SPLITS
 
 SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runyard.data.files import Args, Loaded, Source, closest, integral_labels, listing
+from runyard.data.file_format import Args, Loaded, Source, closest, integral_labels, listing
 
 SPLIT_VALUES = ("train", "val", "test")
 
