@@ -209,15 +209,68 @@ def _start_node(ray: str, args: list[str], env: dict, log: Path) -> subprocess.P
                                 cwd=log.parent, start_new_session=True)
 
 
-def _wait_started(proc: subprocess.Popen, node: dict, deadline: float) -> None:
+STARTUP_RETRIES = 2
+"""Extra tries of a node whose `ray start` timed out: Ray waits a fixed 30 s for a raylet to
+register, which a busy machine (a package install beside it) can miss."""
+
+
+def _wait_started(proc: subprocess.Popen, node: dict, deadline: float) -> bool:
+    """Whether the node's `ray start` succeeded; False if it timed out during start-up (worth
+    another try); one line naming the node's log for any other failure."""
     try:
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
         raise RunyardError(f"cluster up: node {node['index']} did not start in time (log: {node['log']})") from None
-    if code != 0:
-        reason = summary_line(Path(node["log"]).read_text(errors="replace"))
-        raise RunyardError(f"cluster up: node {node['index']} failed to start: {reason} (log: {node['log']})")
+    if code == 0:
+        return True
+    log = Path(node["log"]).read_text(errors="replace")
+    if "timed out during startup" in log:
+        return False
+    raise RunyardError(f"cluster up: node {node['index']} failed to start: {summary_line(log)} (log: {node['log']})")
+
+
+def _start(ray: str, state: dict, index: int, ports: tuple[int, ...], object_store_mb: int, attempt: int) -> dict:
+    """Start node ``index`` (its ``attempt``-th try, fresh ports and directory); record it in ``state``."""
+    node_dir = Path(state["temp_root"]) / (f"n{index}" if attempt == 0 else f"n{index}-{attempt}")
+    node_dir.mkdir()
+    node_ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS), node_ip(index)), strict=True))
+    if index == 0:
+        node_ports.update(zip(HEAD_PORTS, ports, strict=True))
+        role = ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+    else:
+        role = [f"--address={state['gcs_address']}"]
+    node = {"index": index, "head": index == 0, "ip": node_ip(index), "resource": f"node_{index}",
+            "num_cpus": state["cpus_per_node"],
+            "temp_dir": str(node_dir), "log": str(node_dir / "ray-start.log"), "ports": node_ports}
+    args = role + _node_args(index, state["cpus_per_node"], object_store_mb, node_dir, node_ports)
+    node["popen"] = _start_node(ray, args, _node_env(head=index == 0), Path(node["log"]))
+    node["session"] = node["popen"].pid
+    state["nodes"] = [n for n in state["nodes"] if n["index"] != index] + [node]
+    state["nodes"].sort(key=lambda n: n["index"])
+    return node
+
+
+def _start_until_up(ray: str, state: dict, indices: list[int], ports: tuple[int, ...], object_store_mb: int,
+                    deadline: float, state_dir: Path) -> None:
+    """Start the nodes ``indices`` together; retry each that timed out during start-up."""
+    pending = {i: _start(ray, state, i, ports, object_store_mb, 0) for i in indices}
+    _write_state(state_dir, _serialisable(state))
+    attempts = dict.fromkeys(indices, 0)
+    while pending:
+        index, node = next(iter(pending.items()))
+        del pending[index]
+        if _wait_started(node.pop("popen"), node, deadline):
+            continue
+        if attempts[index] == STARTUP_RETRIES:
+            raise RunyardError(f"cluster up: node {index} timed out during start-up {STARTUP_RETRIES + 1} times "
+                               f"(the machine is too busy?); log: {node['log']}")
+        print(f"runyard: cluster up: node {index} timed out during start-up (a busy machine?); trying again",
+              file=sys.stderr, flush=True)
+        _terminate(_processes(state, [node]))
+        attempts[index] += 1
+        pending[index] = _start(ray, state, index, ports, object_store_mb, attempts[index])
+        _write_state(state_dir, _serialisable(state))
 
 
 def up(nodes: int, cpus_per_node: int = 1, state_dir: Path = Path(".runyard"), object_store_mb: int = 256,
@@ -255,27 +308,8 @@ def up(nodes: int, cpus_per_node: int = 1, state_dir: Path = Path(".runyard"), o
     }
     deadline = time.monotonic() + timeout_s
     try:
-        for index in range(nodes):
-            node_dir = temp_root / f"n{index}"
-            node_dir.mkdir()
-            node_ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS), node_ip(index)), strict=True))
-            if index == 0:
-                node_ports.update(zip(HEAD_PORTS, ports, strict=True))
-                role = ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-            else:
-                role = [f"--address={state['gcs_address']}"]
-            node = {"index": index, "head": index == 0, "ip": node_ip(index), "resource": f"node_{index}",
-                    "num_cpus": cpus_per_node,
-                    "temp_dir": str(node_dir), "log": str(node_dir / "ray-start.log"), "ports": node_ports}
-            args = role + _node_args(index, cpus_per_node, object_store_mb, node_dir, node_ports)
-            node["popen"] = _start_node(ray, args, _node_env(head=index == 0), Path(node["log"]))
-            node["session"] = node["popen"].pid
-            state["nodes"].append(node)
-            _write_state(state_dir, _serialisable(state))
-            if index == 0:  # workers need the head's GCS
-                _wait_started(node.pop("popen"), node, deadline)
-        for node in state["nodes"][1:]:
-            _wait_started(node.pop("popen"), node, deadline)
+        _start_until_up(ray, state, [0], ports, object_store_mb, deadline, state_dir)  # workers need its GCS
+        _start_until_up(ray, state, list(range(1, nodes)), ports, object_store_mb, deadline, state_dir)
         _wait_alive(state, nodes, deadline)
     except BaseException:
         for node in state["nodes"]:
