@@ -128,17 +128,24 @@ def compare(
     experiments: list[str] = typer.Argument(..., help="Experiments to put side by side"),
     out: Path = typer.Option(None, "--out", help="Write the markdown table here (e.g. metrics/paper.md)"),
     title: str = typer.Option("runyard results against published references", "--title"),
+    figure: Path = typer.Option(None, "--figure", help="Also draw it as a bar chart, a PNG (e.g. plots/paper.png)"),
 ):
     """Test results next to each experiment's published reference, as a markdown table.
 
     Example: runyard compare mnist1d_logistic mnist1d_mlp mnist1d_cnn mnist1d_gru --out metrics/paper_mnist1d.md
     """
     from runyard.commands.report import compare as run
+    from runyard.commands.report import compare_figure
 
-    table = run(_project(), experiments, title)
+    project = _project()
+    if figure is not None and figure.suffix.lower() != ".png":
+        raise RunyardError(f"--figure: {figure}: must end in .png")
+    table = run(project, experiments, title)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table)
+    if figure is not None:
+        compare_figure(project, experiments, title, figure)
     typer.echo(table, nl=False)
 
 
@@ -187,6 +194,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
     poll_s: float = typer.Option(10.0, "--poll-s", help="Seconds between checks of where the alias points."),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="Largest request body in MB; bigger: HTTP 413."),
+    max_rows: int = typer.Option(10_000, "--max-rows", help="Most rows (samples) per request; more: HTTP 413."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Longest prediction in seconds; slower: HTTP 503."),
 ):
     """Serve a registered model over HTTP (MLflow's scoring protocol); reload it when its alias moves.
 
@@ -195,7 +205,8 @@ def serve(
     """
     from runyard.serving.server import serve_until_stopped
 
-    serve_until_stopped(_project(), target, host=host, port=port, poll_s=poll_s)
+    serve_until_stopped(_project(), target, host=host, port=port, poll_s=poll_s, max_body_mb=max_body_mb,
+                        max_rows=max_rows, timeout_s=timeout_s)
 
 
 # --------------------------------------------------------------------------- cluster and jobs
@@ -293,10 +304,11 @@ def stop(
 @app.command()
 def ui(port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port on 127.0.0.1.")):
     """The MLflow UI on this project's tracking store, on 127.0.0.1 only. Example: runyard ui --port 5000"""
-    from runyard.tracking.ui import ENV, HOST, command
+    from runyard.tracking.ui import ENV, command, url
 
     argv = command(_project(), port)
-    typer.echo(f"MLflow UI: http://{HOST}:{port}  (Ctrl-C to stop)", err=True)
+    typer.echo(f"MLflow UI: {url(port)}  (Ctrl-C to stop)")
+    sys.stdout.flush()  # exec replaces this process: nothing buffered survives it
     # The UI takes over this process: Ctrl-C and signals go to it.
     os.execve(argv[0], argv, {**ENV, **os.environ})
 
