@@ -13,7 +13,7 @@ from typing import Any
 
 from runyard import checks
 from runyard.config import Experiment, Params, env_settings, read_yaml, resolve_extends, validate
-from runyard.data import DATASETS, DatasetInfo, dataset_info, dataset_params
+from runyard.data import DATASETS, DatasetInfo, build_dataset, dataset_info, dataset_params, dataset_source
 from runyard.data import splits as split_store
 from runyard.data.splits import Splits
 from runyard.data.view import view_splits
@@ -70,21 +70,55 @@ class Project:
     # -- loading
     @cached_property
     def params(self) -> Params:
-        raw = env_settings(read_yaml(self.params_file, self.rel(self.params_file)))
-        params = validate(Params, raw, self.rel(self.params_file))
+        where = self.rel(self.params_file)
+        raw = env_settings(read_yaml(self.params_file, where))
+        self._files = checks.take_files(raw, where)
+        params = validate(Params, raw, where)
         checks.check_params(self, params)
         return params
 
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """params.yaml's ``files:``: the datasets read from the user's files, name -> arguments."""
+        _ = self.params
+        return self._files
+
+    def dataset_names(self) -> list[str]:
+        """Every dataset an experiment may name: the built-in ones, and params.yaml's."""
+        return list(dict.fromkeys([*DATASETS, *self.params.datasets, *self.files]))
+
+    def dataset_section(self, dataset: str) -> tuple[dict[str, Any], bool, str]:
+        """A dataset's params.yaml section, whether it is a ``files:`` entry, and where it is."""
+        if dataset in self.files:
+            return self.files[dataset], True, f"{self.rel(self.params_file)}: files.{dataset}"
+        if dataset not in self.dataset_names():
+            raise RunyardError(f"unknown dataset {dataset!r}; allowed: {', '.join(self.dataset_names())}")
+        return self.params.datasets.get(dataset, {}), False, f"{self.rel(self.params_file)}: datasets.{dataset}"
+
     def dataset_args(self, dataset: str):
         """The typed builder arguments for one dataset (defaults where params.yaml is silent)."""
-        if dataset not in DATASETS:
-            raise RunyardError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-        where = f"{self.rel(self.params_file)}: datasets.{dataset}"
-        return dataset_params(dataset, self.params.datasets.get(dataset, {}), where=where)
+        raw, files, where = self.dataset_section(dataset)
+        return dataset_params(dataset, raw, where=where, files=files)
 
     def dataset_info(self, dataset: str) -> DatasetInfo:
         """The dataset's task and shapes with this project's builder arguments."""
-        return dataset_info(dataset, self.dataset_args(dataset))
+        cache = self.__dict__.setdefault("_infos", {})
+        if dataset not in cache:
+            raw, files, where = self.dataset_section(dataset)
+            cache[dataset] = dataset_info(dataset, self.dataset_args(dataset), raw=raw, files=files,
+                                          root=self.root, where=where)
+        return cache[dataset]
+
+    def build_dataset(self, dataset: str):
+        """The dataset's splits (with ``.meta`` for a file dataset); nothing is written."""
+        raw, files, where = self.dataset_section(dataset)
+        return build_dataset(dataset, self.dataset_args(dataset), self.params.seed, raw=raw, files=files,
+                             root=self.root, where=where)
+
+    def dataset_source(self, dataset: str) -> str:
+        """Where the dataset comes from: its raw files' path, or runyard:<name>, python:<module>."""
+        raw, files, _ = self.dataset_section(dataset)
+        return dataset_source(dataset, self.dataset_args(dataset), raw=raw, files=files)
 
     def experiment(self, name: str) -> Experiment:
         """pipelines/<name>.yaml (with what it extends), checked in full."""

@@ -20,13 +20,14 @@ from runyard.execution import classical, ray_session
 from runyard.execution.checkpoints import discard_storage
 from runyard.execution.cv import cross_validate, summarise
 from runyard.execution.trainer import fit
-from runyard.models import build_model, check_model_spec, is_classical, transfer
+from runyard.models import build_model, check_model_spec, is_classical, transfer, user_code_paths
 from runyard.models import saved as saved_model
 from runyard.models.classical import flatten
 from runyard.progress import epoch_progress, interactive, status
 from runyard.project import Project
 from runyard.tracking import models as model_logging
 from runyard.tracking.client import Tracking
+from runyard.tracking.lineage import data_hash
 from runyard.tracking.outage import retry_until
 
 
@@ -54,8 +55,9 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
                 init_state, init_tags: dict[str, str]) -> str:
     params, client, name = project.params, tracking.client, exp.name
     resume_id = _resumable_run(client, name) if resume else None
+    code_paths = user_code_paths(exp.model_name)
     with status("connecting to Ray"):
-        address = ray_session.connect(params.ray, project.rel(project.params_file))
+        address = ray_session.connect(params.ray, project.rel(project.params_file), code_paths=code_paths)
     storage = params.ray.storage_path or str(project.root / ".runyard" / "ray")
     run_params = {
         **exp.model_dump(mode="json", exclude={"name", "description"}),
@@ -64,6 +66,8 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
     }
     retry_s = tracking.retry_s
     with tracking.run(exp, name, run_params, address, init_tags, resume_run_id=resume_id) as run_id:
+        if resume_id is None:
+            log_dataset_input(project, exp.dataset, splits)
         if exp.cv:
             _cross_validate(client, run_id, exp, info, splits, params)
         with epoch_progress(client, run_id, total_epochs(exp, splits), exp.optimized_metric):
@@ -83,7 +87,7 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
             retry_until(lambda: client.get_run(run_id), time.monotonic() + retry_s,
                         f"logging the model to {tracking.uri}: no answer for {retry_s:g} s "
                         "(params.yaml: mlflow.retry_s)")
-            model_uri = model_logging.log_pytorch_model(net, splits.x_test[:5])
+            model_uri = model_logging.log_pytorch_model(net, splits.x_test[:5], code_paths=code_paths)
             history = model_logging.history(client, run_id, info.task)
             model_logging.log_learning_curve(name, history)
         saved_model.save(
@@ -116,6 +120,7 @@ def _train_classical(project: Project, tracking: Tracking, exp: Experiment, info
         "model": model, "seed": params.seed,
     }
     with tracking.run(exp, name, run_params, classical.RAY_ADDRESS) as run_id:
+        log_dataset_input(project, exp.dataset, splits)
         with status(f"fitting {exp.model_name} on {exp.dataset}"):
             result = classical.fit(exp, splits, params.seed)
         now = int(time.time() * 1000)
@@ -129,6 +134,32 @@ def _train_classical(project: Project, tracking: Tracking, exp: Experiment, info
             extra_files={"history.csv": model_logging.history_csv(history)},
         )
     return run_id
+
+
+def log_dataset_input(project: Project, dataset: str, splits) -> None:
+    """The training data as the active run's MLflow dataset input: name, source (the raw
+    files' path, or runyard:<name> for a generator), digest (data/<dataset>'s DVC hash in
+    dvc.lock) and schema (from the arrays' dtypes and shapes; no data is logged)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import Schema, TensorSpec
+
+    where = project.dataset_source(dataset)
+    if where.startswith(("runyard:", "python:")):
+        source = CodeDatasetSource({"source": where})
+    else:
+        with warnings.catch_warnings():  # a path reads as more than one kind of local source
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(where)
+    x, y = splits.x_train, splits.y_train
+    schema = Schema([TensorSpec(x.dtype, (-1, *x.shape[1:]), "features"),
+                     TensorSpec(y.dtype, (-1, *y.shape[1:]), "targets")])
+    mlflow.log_input(MetaDataset(source, name=dataset, digest=data_hash(project.root, dataset), schema=schema),
+                     context="training")
 
 
 def _record(project: Project, exp: Experiment, info, run_id: str, model_uri: str) -> dict:

@@ -44,30 +44,54 @@ FORWARDED = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRA
              "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
 
 
-def forwarded_env() -> dict | None:
-    """A Ray runtime env carrying the MLflow client settings set here to a cluster's workers."""
+_shipped: tuple[str, ...] = ()
+"""The user's code folders the Ray connection of this process ships (``py_modules``)."""
+
+
+def forwarded_env(code_paths: tuple[str, ...] | list[str] = ()) -> dict | None:
+    """A Ray runtime env carrying the MLflow client settings set here to a cluster's workers,
+    and ``code_paths``, the user's own packages (``py_modules``), to every worker and trial."""
     env = {k: os.environ[k] for k in FORWARDED if os.environ.get(k)}
-    return {"env_vars": env} if env else None
+    runtime_env: dict = {"env_vars": env} if env else {}
+    if code_paths and not in_ray_job():
+        runtime_env["py_modules"] = list(code_paths)
+    return runtime_env or None
+
+
+def in_ray_job() -> bool:
+    """Whether this driver runs as a Ray job (``runyard submit``): the job's working_dir
+    already carries the project, the user's code included, to every worker."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
 
 
 def address_of(ray_params: RayParams) -> str:
     return os.environ.get("RAY_ADDRESS") or ray_params.address or LOCAL
 
 
-def connect(ray_params: RayParams, where: str, need: RayParams | None = None, need_where: str = "") -> str:
+def connect(ray_params: RayParams, where: str, need: RayParams | None = None, need_where: str = "",
+            code_paths: tuple[str, ...] | list[str] = ()) -> str:
     """Initialise Ray once per process, check that it can place ``need`` (default: the
     workers of ``ray_params``; ``need_where`` names that setting), return its address.
+
+    ``code_paths``: the user's own model packages (``runyard.models.user_code_paths``),
+    shipped to every Ray worker and Tune trial, local or on a cluster.
 
     A local Ray is checked against this machine before it is started: a request it can
     never meet fails in a blink rather than after Ray's start-up.
     """
     import ray
 
+    global _shipped
     address = address_of(ray_params)
     need, need_where = need or ray_params, need_where or where
+    code = tuple(dict.fromkeys([*_shipped, *code_paths]))
     if ray.is_initialized():
-        check_resources(need, need_where)
-        return address
+        if set(code) <= set(_shipped) or in_ray_job():
+            check_resources(need, need_where)
+            return address
+        # A runtime env is fixed when Ray is initialised: connect again, shipping the new code too.
+        ray.shutdown()
+    _shipped = code
     # Keep a local Ray on loopback rather than the machine's public interface.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     for key, value in TRAIN_ENV.items():
@@ -76,11 +100,13 @@ def connect(ray_params: RayParams, where: str, need: RayParams | None = None, ne
     if address == LOCAL:
         # CPUs and GPUs only: a local Ray's other resources (memory) are known once it runs.
         check_resources(need.model_copy(update={"resources_per_worker": {}}), need_where, local_resources())
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **quiet)
+        env = forwarded_env(code)
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 runtime_env={"py_modules": env["py_modules"]} if env and "py_modules" in env else None, **quiet)
     else:
         _check_reachable(address, where)
         try:
-            ray.init(address=address, runtime_env=forwarded_env(), **quiet)
+            ray.init(address=address, runtime_env=forwarded_env(code), **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None

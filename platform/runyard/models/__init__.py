@@ -100,7 +100,49 @@ def component(name: str, where: str = "model.name"):
     found = getattr(module, attr)
     if name not in ALL_MODELS and not (inspect.isclass(found) and issubclass(found, nn.Module)):
         raise RunyardError(f"{where}: {name!r} is not a torch.nn.Module subclass (got {type(found).__name__})")
+    if name not in ALL_MODELS and _is_lightning_module(found):
+        raise RunyardError(f"{where}: {name!r} is a LightningModule; only a plain torch.nn.Module is supported "
+                           "yet (runyard's task supplies the loss, metrics and optimiser): name its network")
     return found
+
+
+def _is_lightning_module(cls: type) -> bool:
+    # By name: importing Lightning to ask would cost seconds in every command.
+    return any(base.__name__ == "LightningModule" and base.__module__.split(".")[0] in ("lightning",
+               "pytorch_lightning") for base in cls.__mro__)
+
+
+def user_code_paths(name: Any) -> list[str]:
+    """The folder (or file) of the top-level package of a user's model ``pkg.mod:Attr``
+    that is not installed: what must travel with Ray workers and the logged model so it
+    imports there. Empty for a built-in name or an installed package."""
+    if not is_import_path(name) or name in ALL_MODELS:
+        return []
+    return code_paths_of(name.split(":")[0])
+
+
+def code_paths_of(module_name: str) -> list[str]:
+    """The top-level package folder (or module file) of ``module_name``, unless installed."""
+    import importlib.util
+    import sysconfig
+    from pathlib import Path
+
+    top = module_name.split(".")[0]
+    if top == "runyard":  # travels anyway
+        return []
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        if spec is not None and spec.submodule_search_locations:  # a namespace package
+            return [str(Path(p)) for p in spec.submodule_search_locations]
+        return []
+    path = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib", "stdlib")}
+    if any(path.resolve().is_relative_to(p) for p in installed):
+        return []
+    return [str(path)]
 
 
 def check_model_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
