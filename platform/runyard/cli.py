@@ -303,11 +303,15 @@ def stop(
 
 @app.command()
 def ui(port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port on 127.0.0.1.")):
-    """The MLflow UI on this project's tracking store, on 127.0.0.1 only. Example: runyard ui --port 5000"""
-    from runyard.tracking.ui import ENV, command, url
+    """The MLflow UI on this project's tracking store, on 127.0.0.1 only; prints the address of its runs.
 
-    argv = command(_project(), port)
-    typer.echo(f"MLflow UI: {url(port)}  (Ctrl-C to stop)")
+    Example: runyard ui --port 5000
+    """
+    from runyard.tracking.ui import ENV, command, project_experiments, url
+
+    project = _project()
+    argv = command(project, port)
+    typer.echo(f"MLflow UI: {url(port, project_experiments(project))}  (Ctrl-C to stop)")
     sys.stdout.flush()  # exec replaces this process: nothing buffered survives it
     # The UI takes over this process: Ctrl-C and signals go to it.
     os.execve(argv[0], argv, {**ENV, **os.environ})

@@ -14,7 +14,7 @@ from runyard.tracking import registry
 from runyard.tracking.client import Tracking
 from runyard.tracking.uri import resolve
 from runyard.tuning.children import ChildRuns
-from runyard.tuning.results import max_epochs
+from runyard.tuning.results import max_epochs, trial_count
 from runyard.tuning.search import finish, run_search
 
 KIND_TAG = "runyard.kind"
@@ -39,7 +39,7 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     run_params = {**exp.model_dump(mode="json", by_alias=True, exclude={"name", "description"}), "seed": params.seed}
     storage = Path(params.ray.storage_path or project.root / ".runyard" / "ray")
     study = resolve(params.study_storage, project.root)
-    with tracking.run(exp, f"{name}-search", run_params, address, {KIND_TAG: "search"},
+    with tracking.run(exp, f"{name}-search", run_params, address, _parent_tags(exp),
                       resume_run_id=parent_id) as parent:
         children = ChildRuns(tracking.uri, tracking.experiment_id(exp), parent, max_epochs(exp))
         try:
@@ -54,6 +54,17 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     summary["registered"] = reg.as_dict()
     _write_summary(project, name, summary)
     return summary
+
+
+def _parent_tags(exp) -> dict[str, str]:
+    """The parent run stands out in the runs list: ``runyard.kind = 'search'`` to filter on,
+    and a description (the run page's note) saying where its trials are."""
+    search = exp.search
+    note = (f"Search over {', '.join(search.space)}: {trial_count(search)} trials "
+            f"({search.algorithm}, {search.scheduler}), one child run each (expand this run's row). "
+            f"This run holds the best trial's params, {exp.optimized_metric}, test metrics and model, "
+            "the trials plot (search/) and the sweep (sweep/).")
+    return {KIND_TAG: "search", "mlflow.note.content": note}
 
 
 def _resumable_search(client, name: str, where: str) -> str:

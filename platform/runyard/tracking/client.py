@@ -34,6 +34,13 @@ class Tracking:
     def retry_s(self) -> float:
         return self.project.params.mlflow.retry_s
 
+    @property
+    def system_metrics(self) -> bool | None:
+        """MLflow's system metrics on the embedded store. On a tracking server MLflow's monitor
+        thread retries a request for minutes during an outage and the run's end waits for
+        it, past ``mlflow.retry_s``: there MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true opts in."""
+        return True if not self.uri.startswith(("http://", "https://")) else None
+
     def experiment_id(self, exp: Experiment) -> str:
         """The MLflow experiment of ``exp`` (created on first use, with its description)."""
         project = self.project
@@ -46,5 +53,5 @@ class Tracking:
         """A run of ``exp`` with its params and lineage tags, always ended (see ``tracked_run``)."""
         all_tags = {**lineage_tags(self.project.root, exp.dataset, exp.digest(), ray_address), **(tags or {})}
         with tracked_run(self.experiment_id(exp), run_name, params, all_tags, resume_run_id=resume_run_id,
-                         retry_s=self.retry_s) as run_id:
+                         retry_s=self.retry_s, system_metrics=self.system_metrics) as run_id:
             yield run_id

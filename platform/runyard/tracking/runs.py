@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from runyard.tracking.outage import TrackingUnavailable, quick_requests, retry_until
 
@@ -30,20 +31,36 @@ def use_tracking(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's own tag for what an experiment holds: "Machine learning" (training runs),
+not "GenAI apps & agents" (traces). Its UI shows it on the experiment's page."""
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str, description: str = "") -> str:
     """The experiment's id, creating it with its artifacts at ``artifact_location``.
 
     On a tracking server a local path (the embedded default, ``mlflow.artifact_root:
     mlruns/artifacts``) would put artifacts on whichever machine logged them: the
     server's own store (``--artifacts-destination``, e.g. S3) is used instead. A URI
-    (``s3://...``) is used as it is. ``description`` shows on the experiment's page."""
+    (``s3://...``) is used as it is. ``description`` shows on the experiment's page.
+    An experiment created before runyard set its kind and description gets them now."""
+    tags = {**EXPERIMENT_KIND, **({"mlflow.note.content": description} if description else {})}
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for key, value in tags.items():
+            if key not in exp.tags:  # a description edited in the UI stays
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     if client.tracking_uri.startswith(("http://", "https://")) and artifact_location.startswith("file:"):
         artifact_location = None
-    tags = {"mlflow.note.content": description} if description else None
-    return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    except MlflowException:
+        # Another process (`runyard ui`, a parallel stage) created it in the meantime.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -89,8 +106,13 @@ def tracked_run(
     tags: dict[str, str],
     resume_run_id: str | None = None,
     retry_s: float = 120.0,
+    system_metrics: bool | None = None,
 ) -> Iterator[str]:
-    """Start (or reopen) a run, yield its id, and always end it with a final status."""
+    """Start (or reopen) a run, yield its id, and always end it with a final status.
+
+    ``system_metrics``: MLflow's ``system/*`` metrics (CPU, memory, disk, network, GPU)
+    of this machine every 10 s while the run is open; None: MLflow's environment
+    variable ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` decides."""
     run_id = None
     try:
         # A signal between the run's creation and this function knowing its id would leave
@@ -98,9 +120,10 @@ def tracked_run(
         # SIGTERM wait until the id is known, then arrive as usual.
         with signals_deferred():
             if resume_run_id:
-                run = mlflow.start_run(run_id=resume_run_id)
+                run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
             else:
-                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                       log_system_metrics=system_metrics)
             run_id = run.info.run_id
             if not resume_run_id:
                 mlflow.log_params(flatten(params))

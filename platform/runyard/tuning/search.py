@@ -30,12 +30,13 @@ from runyard.config import Experiment
 from runyard.errors import RunyardError
 from runyard.models import build_model, model_inputs
 from runyard.progress import console, interactive, status
+from runyard.tracking import cost
 from runyard.tracking.models import log_pytorch_model
 from runyard.tuning import adapter
 from runyard.tuning.children import OUTCOME_TAG
 from runyard.tuning.results import best_weights, max_epochs, trial_count
 from runyard.tuning.space import apply, decode, tune_domains
-from runyard.tuning.sweep import record_sweep
+from runyard.tuning.sweep import record_sweep, record_trials
 from runyard.tuning.trial import run_trial
 
 
@@ -134,14 +135,33 @@ def finish(project, exp: Experiment, info, splits, seed: int, grid, parent: str,
         test = tasks.get(info.task).evaluate(exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
         mlflow.log_artifacts(staging, "evaluation")
     record_sweep(project, exp, info, splits, seed, grid, children)
+    record_trials(project, exp, grid)
+    spent = log_trial_costs(exp, grid, children)
     mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
     mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
-                        "search/trials": len(outcomes)})
+                        "search/trials": len(outcomes), **spent})
     mlflow.set_tag("runyard.best_trial", best.metrics.get("trial_id", ""))
     model_uri = log_pytorch_model(net, splits.x_test[:5])
     return {"experiment": exp.name, "parent_run_id": parent, "metric": metric, "best_value": best.metrics[metric],
             "best_config": config, "best_trial": best.metrics.get("trial_id"), "test": test,
             "trials": len(outcomes), **counts, "model_uri": model_uri}
+
+
+def log_trial_costs(exp: Experiment, grid, children) -> dict[str, float]:
+    """Each trial's cost (Tune's ``time_total_s`` x the CPUs its workers held) on its child
+    run; their sum, for the parent run. A resumed trial's time counts every attempt."""
+    search, spent = exp.search, []
+    for result in grid:
+        metrics = result.metrics or {}
+        if metrics.get("time_total_s") is None:
+            continue
+        trial = cost.cost(float(metrics["time_total_s"]), search.workers_per_trial, search.cpus_per_worker)
+        spent.append(trial)
+        run_id = children.runs.get(metrics.get("trial_id"))
+        if run_id is not None:
+            for key, value in trial.items():
+                children.client.log_metric(run_id, key, value)
+    return cost.total(spent)
 
 
 def _refit(exp: Experiment, config: dict[str, Any], info, splits, seed: int) -> dict[str, torch.Tensor]:

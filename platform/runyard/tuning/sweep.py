@@ -14,6 +14,7 @@ errors are from fewer epochs. Cross-validated trials keep no model, so they get 
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -125,3 +126,107 @@ def plot(exp: Experiment, rows: list[dict[str, Any]], kind: str, out: Path) -> N
         png = out if len(keys) == 1 else out.with_name(f"{out.stem}_{key}.png")
         plots.sweep(series, key, f"error ({label})", f"{exp.name}: error against {key}", png,
                     logx=logx, lines=curve)
+
+
+# --------------------------------------------------------------------------- every trial at a glance
+
+
+def trial_rows(exp: Experiment, grid) -> list[dict[str, Any]]:
+    """One row per trial that reported the optimized metric: its id, outcome, searched values
+    (as sampled) and its last reported value of the metric."""
+    metric, rows = exp.optimized_metric, []
+    for result in grid:
+        metrics = result.metrics or {}
+        value = metrics.get(metric)
+        if value is None or not metrics.get("trial_id"):
+            continue
+        outcome = ("errored" if result.error is not None
+                   else "completed" if metrics.get("training_iteration", 0) >= max_epochs(exp) else "pruned")
+        config = decode({k: result.config[k] for k in exp.search.space if k in result.config}, exp.search)
+        rows.append({"trial_id": metrics["trial_id"], "outcome": outcome, **config, metric: float(value)})
+    return rows
+
+
+def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]], bool]:
+    """Values on a [0, 1] axis: numbers (log-spaced when they span 20x or more), anything
+    else (a list of widths, a name) as evenly spaced categories. Also the ticks to label
+    and whether the axis is logarithmic."""
+    if all(_is_number(v) for v in values):
+        xs = [float(v) for v in values]
+        log = min(xs) > 0 and max(xs) / min(xs) >= 20
+        scaled = [math.log10(x) for x in xs] if log else xs
+        lo, hi = min(scaled), max(scaled)
+        span = (hi - lo) or 1.0
+        pos = [(s - lo) / span if hi > lo else 0.5 for s in scaled]
+        ticks = [(0.0 if hi > lo else 0.5, f"{min(xs):.3g}")] + ([(1.0, f"{max(xs):.3g}")] if hi > lo else [])
+        return pos, ticks, log
+    labels = [str(v) for v in values]
+    order = sorted(set(labels), key=lambda s: (len(s), s))
+    step = 1 / max(1, len(order) - 1)
+    where = {s: (i * step if len(order) > 1 else 0.5) for i, s in enumerate(order)}
+    return [where[s] for s in labels], [(where[s], s) for s in order], False
+
+
+def plot_trials(rows: list[dict[str, Any]], keys: list[str], metric: str, mode: str, title: str,
+                out: Path) -> list[str]:
+    """Parallel coordinates of a search: one vertical axis per searched key and a last one for
+    ``metric``, one line per trial coloured by ``metric`` (the best trial drawn thick);
+    pruned trials dashed. Saved as PNG at ``out``; returns the axes' names, left to right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*keys, metric]
+    columns = [_axis([r[k] for r in rows]) for k in names]
+    values = [r[metric] for r in rows]
+    best = (max if mode == "max" else min)(range(len(rows)), key=lambda i: values[i])
+    lo, hi = min(values), max(values)
+    cmap = plt.get_cmap("viridis" if mode == "max" else "viridis_r")
+    norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1e-12)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(names) + 1.5), 4.5))
+    xs = list(range(len(names)))
+    # Worst first, so the better trials are drawn on top.
+    for i in sorted(range(len(rows)), key=lambda i: values[i] if mode == "max" else -values[i]):
+        ys = [col[0][i] for col in columns]
+        ax.plot(xs, ys, color=cmap(norm(values[i])), lw=3.0 if i == best else 1.2, alpha=0.9,
+                ls="--" if rows[i].get("outcome") == "pruned" else "-", marker="o", ms=3, zorder=3 if i == best else 2)
+    for x, (_, ticks, log) in zip(xs, columns, strict=True):
+        ax.axvline(x, color="0.6", lw=0.8, zorder=1)
+        for y, label in ticks:
+            ax.annotate(label, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
+        if log:
+            ax.annotate("log", (x, -0.08), ha="center", fontsize=6, color="0.4", annotation_clip=False)
+    ax.set_xticks(xs, names, rotation=15)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(names) - 0.6)
+    ax.set_ylim(-0.05, 1.05)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"{title}: {len(rows)} trials (best thick, pruned dashed)", fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, fraction=0.04)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return names
+
+
+def record_trials(project, exp: Experiment, grid) -> Path | None:
+    """The search's trials (searched values vs the optimized metric) as ``trials.csv`` and the
+    parallel-coordinates ``trials.png``: to the parent run (active) under ``search/`` and to
+    plots/tune/<exp>/. None when no trial reported the metric."""
+    rows = trial_rows(exp, grid)
+    if not rows:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        write_records(rows, staging / "trials.csv")
+        plot_trials(rows, list(exp.search.space), exp.optimized_metric, exp.optimized_mode, exp.name,
+                    staging / "trials.png")
+        mlflow.log_artifacts(str(staging), "search")
+        out = project.root / "plots" / "tune" / exp.name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in staging.iterdir():
+            shutil.copy2(f, out / f.name)
+    return out / "trials.png"
