@@ -25,6 +25,7 @@ from runyard.models import saved as saved_model
 from runyard.models.classical import flatten
 from runyard.progress import epoch_progress, interactive, status
 from runyard.project import Project
+from runyard.tracking import cost
 from runyard.tracking import models as model_logging
 from runyard.tracking.client import Tracking
 from runyard.tracking.lineage import data_hash
@@ -76,6 +77,7 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
                 run_id=run_id, storage_path=storage, flush_every_s=2.0 if interactive() else 5.0,
                 retry_s=retry_s, init_state=init_state,
             )
+        cost.log_training_cost(client, run_id, result.metrics, params.ray)  # cost/*: fit seconds x CPUs held
         net = build_model(exp.model, info.input_shape, info.num_outputs)
         net.load_state_dict(result.state_dict)
         # Eval mode before logging: MLflow exports the module as it is (torch.export), so a
