@@ -1,13 +1,15 @@
 """The MLflow UI, started the way the README says (`runyard ui`), in headless Chromium.
 
-After a tiny search (2 trials, 2 epochs) the experiment page lists the search's parent
-run and its child runs, the parent's page shows its metric and lineage tags, and the
-models page shows the registered model with its `champion` alias. Debian's chromium,
-driven by Playwright (no browser download).
+After a tiny search (2 trials, 2 epochs), the address `runyard ui` prints opens on the
+runs, with no view switch clicked: the search's parent run and its child runs. The
+parent's page shows its metric and lineage tags, and the models page shows the
+registered model with its `champion` alias. Debian's chromium, driven by Playwright
+(no browser download).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 
 from tests import services
 from tests.conftest import ON_CI, runyard_cli
-from tests.integration.test_tune import NAME, search_runs, write_search
+from tests.integration.test_tune import NAME, client, search_runs, write_search
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,23 +78,33 @@ def searched(prepared):
     try:
         result = runyard_cli("tune", NAME, cwd=prepared, timeout=600)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-        url = f"http://127.0.0.1:{port}"
-        services.wait_mlflow(url, ui, prepared.parent / "ui.log", timeout_s=180)
-        yield prepared, url
+        base = f"http://127.0.0.1:{port}"
+        services.wait_mlflow(base, ui, prepared.parent / "ui.log", timeout_s=180)
+        printed = re.search(r"MLflow UI: (\S+)", (prepared.parent / "ui.log").read_text())
+        assert printed, "runyard ui prints the address to open"
+        yield prepared, base, printed.group(1)
     finally:
         services.stop(ui)
 
 
 def test_ui_shows_search_runs_lineage_and_champion(searched, browser_page):
-    root, url = searched
+    root, url, printed = searched
     page = browser_page
     (parent,), children = search_runs(root)
     assert len(children) == 2
     exp_id = parent.info.experiment_id
+    assert client(root).get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # What the search cost is its trials' sum; its trials' picture is on the parent and under plots/.
+    trial_cost = [c.data.metrics["cost/core_seconds"] for c in children]
+    assert all(v > 0 for v in trial_cost)
+    assert parent.data.metrics["cost/core_seconds"] == pytest.approx(sum(trial_cost))
+    assert (root / "plots" / "tune" / NAME / "trials.png").is_file()
+    assert "search/trials.png" in {a.path for a in client(root).list_artifacts(parent.info.run_id, "search")}
 
-    # The experiment page (the "Model training" view): the parent run; its children
-    # once its row is expanded.
-    page.goto(f"{url}/#/experiments/{exp_id}?workflowType=machine_learning")
+    # What `runyard ui` printed (a fresh browser, no view switch clicked): the runs, the
+    # parent run listed; its children once its row is expanded.
+    assert printed.startswith(url) and exp_id in printed
+    page.goto(printed)
     name_cell = page.get_by_role("gridcell").filter(has_text=parent.info.run_name)
     name_cell.first.wait_for()
     for child in children:
