@@ -3,7 +3,8 @@
 1. Efficiency: 32 trials of the reference workload (MNIST-1D CNN, 20 epochs of batch
    100 = 800 steps), random search, one CPU per trial, as many at once as there are
    cores. Ideal wall time = the sum of the trials' plain-loop times / cores (one
-   plain-loop trial on one thread, timed in this process, times 32). Efficiency =
+   plain-loop trial on one thread, timed in this process after a warm-up: the median of
+   a few runs, times 32). Efficiency =
    ideal / actual: the share of the cores' time spent training.
 2. ASHA vs random: the same 32 sampled configurations (same searcher seed) with FIFO
    and with ASHA; compute = epochs trained by all trials until the first trial reaches
@@ -39,19 +40,18 @@ def search_experiment(scheduler: str):
     )
 
 
-def plain_trial_s(splits) -> float:
-    """One trial's work as a careful hand-written loop on one thread."""
-    import torch
+def plain_trial(splits, repeat: int = 3) -> dict[str, Any]:
+    """One trial's work as a careful hand-written loop on one thread (a trial holds one CPU):
+    one untimed 1-epoch warm-up, then ``repeat`` timed runs; their walls and statistics."""
+    from dataclasses import asdict
 
-    from runyard.bench import plain_loop
+    from runyard.bench import noisy, plain_loop, stats, with_epochs
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exp = search_experiment("fifo")
-        return plain_loop("tune", exp, splits).wall_s
-    finally:
-        torch.set_num_threads(threads)
+    exp = search_experiment("fifo")
+    plain_loop("tune", with_epochs(exp, 1), splits, threads=1)
+    walls = [plain_loop("tune", exp, splits, threads=1).wall_s for _ in range(max(1, repeat))]
+    s = stats(walls)
+    return {"repeats": walls, **asdict(s), "noisy": noisy(s)}
 
 
 def run_search(exp, splits, store: Path) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def run_search(exp, splits, store: Path) -> dict[str, Any]:
             "best_val_acc": max(acc for _, acc in rows)}
 
 
-def run(console) -> dict[str, Any]:
+def run(console, repeat: int = 3) -> dict[str, Any]:
     from runyard.bench import experiment as reference_data
     from runyard.config import RayParams
     from runyard.execution import ray_session
@@ -88,9 +88,10 @@ def run(console) -> dict[str, Any]:
     _, splits = reference_data("reference")
     ray_session.connect(RayParams(), where="bench")
     cores = os.cpu_count() or 1
-    console.print("  one plain-loop trial on one thread")
-    single = plain_trial_s(splits)
-    results: dict[str, Any] = {"cores": cores, "trials": TRIALS, "plain_trial_s": single,
+    console.print(f"  one plain-loop trial on one thread, {repeat} time(s) after a warm-up")
+    plain = plain_trial(splits, repeat)
+    single = plain["median"]  # the search is run once: compare it with the trial's typical time
+    results: dict[str, Any] = {"cores": cores, "trials": TRIALS, "plain_trial_s": single, "plain_trial": plain,
                                "ideal_wall_s": TRIALS * single / cores}
     with tempfile.TemporaryDirectory() as tmp:
         for scheduler in ("fifo", "asha"):
@@ -102,16 +103,22 @@ def run(console) -> dict[str, Any]:
     return results
 
 
-def report(out: Path, console) -> dict[str, Any]:
+def report(out: Path, console, repeat: int = 3) -> dict[str, Any]:
+    """Run the searches, print what they cost, write ``out``. ``repeat``: timed runs of the
+    plain-loop trial the ideal is computed from."""
     import json
 
     console.print("[bold]tune[/bold]: searches of the reference workload")
-    r = run(console)
+    r = run(console, repeat)
     console.print(
         f"{r['trials']} trials on {r['cores']} cores: {r['fifo']['wall_s']:.1f} s against an ideal "
         f"{r['ideal_wall_s']:.1f} s (plain-loop trial {r['plain_trial_s']:.2f} s x {r['trials']} / {r['cores']}): "
         f"{r['efficiency']:.0%} of the cores' time spent training"
     )
+    p = r["plain_trial"]
+    spread = "-" if p["spread"] is None else f"{p['spread']:.0%}"
+    console.print(f"  plain-loop trial: best {p['best']:.2f} s, median {p['median']:.2f} s, spread {spread} "
+                  f"over {p['n']} run(s){' [red]noisy[/red]' if p['noisy'] else ''}")
     for s in ("fifo", "asha"):
         console.print(f"  {s}: {r[s]['epochs_total']} epochs in all, {r[s]['epochs_to_target']} until val/acc "
                       f">= {TARGET}, best {r[s]['best_val_acc']:.3f}, {r[s]['wall_s']:.1f} s")
