@@ -163,15 +163,23 @@ def bench(
         ["reference", "large"], "--workload", "-w",
         help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches)"),
     out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
+    repeat: int = typer.Option(None, "--repeat", min=1,
+                               help="Timed runs of each variant (default: 3 for reference, 2 for large)."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One untimed 1-epoch run of each variant first."),
+    spread_limit: float = typer.Option(0.20, "--spread-limit", min=0.0,
+                                       help="Flag a variant whose (max - min) / median exceeds this."),
 ):
     """Time a plain PyTorch loop, plain Lightning, runyard on 1 and 2 Ray workers and native DDP, side by side.
 
-    Example: runyard bench -w reference
+    Each variant runs --repeat times, interleaved, on the same thread count; the table shows best and median.
+
+    Example: runyard bench -w reference --repeat 3
     """
     from pathlib import Path
 
     from runyard.bench import WORKLOADS
     from runyard.bench import run as run_bench
+    from runyard.bench.search import report
     from runyard.progress import report_console
 
     unknown = [w for w in workload if w not in (*WORKLOADS, "tune")]
@@ -179,12 +187,10 @@ def bench(
         raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune")
     path = _project().root / Path(out)
     if "tune" in workload:
-        from runyard.tuning.bench import report
-
-        report(path.with_name("bench_tune.json"), report_console())
+        report(path.with_name("bench_tune.json"), report_console(), repeat=repeat or 3)
     train = [w for w in workload if w != "tune"]
     if train:
-        run_bench(train, path, report_console())
+        run_bench(train, path, report_console(), repeat=repeat, warmup=warmup, spread_limit=spread_limit)
 
 
 @app.command()
