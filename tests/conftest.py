@@ -61,7 +61,7 @@ def project_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def project(project_dir):
-    from runyard.config import Project
+    from runyard.project import Project
 
     return Project(project_dir)
 
@@ -85,9 +85,9 @@ def files_under(root: Path) -> set[str]:
 @pytest.fixture(scope="session")
 def _prepared_data(tmp_path_factory) -> Path:
     """Each dataset built once per session (with params.yaml's defaults)."""
-    from runyard.config import Project
+    from runyard.commands.prepare import prepare
     from runyard.data import DATASETS
-    from runyard.stages import prepare
+    from runyard.project import Project
 
     root = copy_project(tmp_path_factory.mktemp("prepared"))
     project = Project(root)

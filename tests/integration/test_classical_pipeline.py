@@ -82,15 +82,15 @@ def test_train_evaluate_register_a_classical_model(prepared, capsys):
     assert (pred == y_test).mean() == pytest.approx(test_metrics["test/acc"])
 
     # `runyard list` shows it like the others.
-    from runyard.config import Project
-    from runyard.report import experiments_table
+    from runyard.commands.report import experiments_table
+    from runyard.project import Project
 
     experiments_table(Project(root))
     row = next(line for line in capsys.readouterr().out.splitlines() if f" {NAME} " in line)
     assert "digits" in row and "decision_tree" in row and f"acc {test_metrics['test/acc']:.4f}" in row
 
     # A fit that fails (SVC refuses NaN inputs) ends its run FAILED and writes no model.
-    from runyard.stages import train
+    from runyard.commands.train import train
 
     x = np.load(root / "data/digits/x_train.npy")
     x[3, 0, 2, 2] = np.nan

@@ -25,17 +25,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import one_line_error, runyard_cli
+from tests.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEEP, CLASSICAL, ALIAS = "mnist1d_logistic", "digits_knn", "champion"
 STARTUP_S = 180  # a deadline, not a wait: a busy 2-core machine takes long to import torch and MLflow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port: int, path: str, body: bytes | dict | None = None,

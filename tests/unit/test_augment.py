@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from runyard.config import Augment, Project
+from runyard.config import Augment
 from runyard.data import shapes_seg
 from runyard.data.augment import augment, transform
 from runyard.data.loaders import SplitsDataModule, TensorBatches
+from runyard.project import Project
 from tests.conftest import assert_one_line_config_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")

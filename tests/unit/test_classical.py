@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from runyard.config import Project
 from runyard.models import ALL_MODELS, CLASSICAL, MODELS, build_estimator, check_model_spec
 from runyard.models import saved as saved_model
 from runyard.models.classical import flatten
+from runyard.project import Project
 from tests.conftest import assert_one_line_config_error, files_under, one_line_error, runyard_cli
 
 

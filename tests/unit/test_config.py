@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runyard.config import Project
 from runyard.errors import RunyardError
+from runyard.project import Project
 
 
 def edit_yaml(path, change):
@@ -41,7 +41,7 @@ def test_catalogue_stages_resolve_in_dvc(project_dir):
     import sys
     from pathlib import Path
 
-    from runyard.config import Project
+    from runyard.project import Project
 
     dvc = Path(sys.executable).parent / "dvc"
     listed = subprocess.run([dvc, "stage", "list", "--all", "--fail", "--name-only"], cwd=project_dir,

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from runyard.commands.prepare import prepare
 from runyard.data import DATASETS, builder, dataset_info, digits, mnist1d, regression1d
 from runyard.data import splits as split_store
 from runyard.data.splits import Splits
 from runyard.errors import RunyardError
-from runyard.stages import prepare
 from tests.conftest import files_under, runyard_cli
 
 KEYS = [f"{a}_{s}" for s in ("train", "val", "test") for a in ("x", "y")]
@@ -322,7 +322,7 @@ def test_prepare_uses_params_seed(project):
     first = read_bytes(prepare(project, "digits"))
     params = project.params_file
     params.write_text(params.read_text().replace("seed: 0", "seed: 1", 1))
-    from runyard.config import Project
+    from runyard.project import Project
 
     second = read_bytes(prepare(Project(project.root), "digits"))
     assert first["meta.json"] == second["meta.json"]

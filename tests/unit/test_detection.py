@@ -8,14 +8,18 @@ import pytest
 import torch
 import yaml
 
+from runyard import tasks
+from runyard.checks import check_model_fits
+from runyard.config import Experiment
 from runyard.data import dataset_info, shapes, shapes_det, shapes_seg
 from runyard.errors import RunyardError
+from runyard.evaluation.boxes import iou_and_giou, xyxy
 from runyard.evaluation.metrics import average_precision, mean_average_precision
-from runyard.evaluation.tasks import EVALUATORS
-from runyard.models import METRICS, build_model, check_model_fits
-from runyard.models.detection import iou_and_giou, match, set_loss, xyxy
-from runyard.models.systems import DetectorSystem, system_for
+from runyard.models import build_model
+from runyard.tasks.detection import match, set_loss
+from runyard.tasks.system import TaskSystem, build_system
 from tests.conftest import assert_one_line_config_error
+from tests.learning import untrained_vs_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,17 +98,18 @@ def test_set_loss_of_perfect_and_of_worse_detections():
 def test_detector_system_sums_every_layers_loss():
     net = build_model({"name": "detr", "channels": [4, 8], "d_model": 16, "ff": 16, "queries": 3,
                        "decoder_layers": 3}, (1, 16, 16), C)
-    system = DetectorSystem(net, {"epochs": 1})
+    system = build_system("detection", net, {"epochs": 1})
     x, y = torch.randn(4, 1, 16, 16), torch.from_numpy(np.stack([TRUE] * 4))
     torch.manual_seed(0)
-    loss, metrics = system.loss_and_metrics((x, y))
+    loss, metrics = system.task.loss_and_metrics(system.net, (x, y))
     layers = net.forward_layers(x)
     assert layers.shape == (3, 4, 3, C + 5)
     assert loss.item() == pytest.approx(sum(set_loss(out, y)[0].item() for out in layers), rel=1e-5)
     assert set(metrics) == {"loss", "map50", "ce", "l1", "giou"} and 0 <= metrics["map50"].item() <= 1
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
-    assert system_for("detection") is DetectorSystem and "val/map50" in METRICS["detection"]
+    assert type(system) is TaskSystem and system.task is tasks.get("detection")
+    assert "val/map50" in tasks.get("detection").metrics
 
 
 # --------------------------------------------------------------------------- mAP
@@ -233,7 +238,7 @@ def test_detection_evaluator_writes_metrics_boxes_and_csv(tmp_path):
     s = shapes_det.build(SMALL, seed=0)
     perfect = np.stack([detections(*[(int(k), 0.99, *b) if k >= 0 else (None, 0, 0.5, 0.5, 0.1, 0.1)
                                      for k, *b in y]) for y in s.y_test])
-    values = EVALUATORS["detection"]("shapes_detr", DET, s, perfect, tmp_path, lambda x: perfect)
+    values = tasks.get("detection").evaluate("shapes_detr", DET, s, perfect, tmp_path, lambda x: perfect)
     assert values == {"test/map50": 1.0, "test/map75": 1.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.png", "detections.csv"]
     assert (tmp_path / "boxes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -250,11 +255,12 @@ def test_detr_learns_to_detect_shapes():
     Measured on 1 thread over data seeds 0-2: val mAP@0.5 untrained 0.009-0.028, after
     10 epochs 0.44-0.50, 5-7 s of CPU a fit. The threshold sits between them. No encoder
     layer: with one, the same budget gave 0.35-0.56 and took a third longer."""
-    from tests.unit.test_segmentation import fit
-
-    s = shapes_det.build(shapes_det.Args(size=16, train_samples=512, val_samples=128, test_samples=3,
-                                         max_shapes=2, min_radius=0.2, max_radius=0.3), seed=0)
-    before, after = fit("shapes_det", s, {"name": "detr", "channels": [8, 16], "d_model": 32, "ff": 64,
-                                          "queries": 4, "encoder_layers": 0},
-                        {"optimizer": "adamw", "lr": 0.002, "batch_size": 32, "epochs": 10}, "val/map50")
+    args = shapes_det.Args(size=16, train_samples=512, val_samples=128, test_samples=3,
+                           max_shapes=2, min_radius=0.2, max_radius=0.3)
+    s = shapes_det.build(args, seed=0)
+    exp = Experiment(name="learn", dataset="shapes_det",
+                     model={"name": "detr", "channels": [8, 16], "d_model": 32, "ff": 64, "queries": 4,
+                            "encoder_layers": 0},
+                     recipe={"optimizer": "adamw", "lr": 0.002, "batch_size": 32, "epochs": 10})
+    before, after, _ = untrained_vs_trained(exp, dataset_info("shapes_det", args), s, "val/map50")
     assert before < 0.1 and after >= 0.25, (before, after)

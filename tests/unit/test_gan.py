@@ -6,20 +6,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from runyard.config import Experiment, Project, Recipe
+from runyard import tasks
+from runyard.checks import check_model_fits, with_model_task
+from runyard.config import Experiment, Recipe
 from runyard.data import dataset_info, digits
 from runyard.errors import RunyardError
-from runyard.evaluation.generation import judge, quality
-from runyard.evaluation.tasks import EVALUATORS
-from runyard.models import build_model, check_model_fits, model_inputs, with_model_task
+from runyard.evaluation.judge import judge, quality
+from runyard.models import build_model, model_inputs
 from runyard.models.optim import build_optimizer
+from runyard.project import Project
 from tests.conftest import assert_one_line_config_error
+from tests.learning import fit_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +62,7 @@ def test_dcgan_draws_images_from_latent_codes():
 
 
 def test_generation_task_comes_from_the_model():
-    assert DIGITS.task == "generation" and DIGITS.output_shape == (1, 8, 8)
+    assert DIGITS.task == "generation" and tasks.get(DIGITS.task).output_shape(DIGITS) == (1, 8, 8)
     check_model_fits({"name": "dcgan"}, DIGITS, "digits", where="p.yaml: model")
     assert with_model_task("cnn2d", dataset_info("digits"), "digits", "w") == dataset_info("digits")
     with pytest.raises(RunyardError) as err:
@@ -116,7 +118,7 @@ def test_judge_scores_real_digits_high_and_degenerate_samples_low(splits):
 
 
 def test_generation_evaluator_compares_with_the_real_test_images(splits, tmp_path):
-    values = EVALUATORS["generation"]("g", DIGITS, splits, splits.x_test.copy(), tmp_path, None)
+    values = tasks.get("generation").evaluate("g", DIGITS, splits, splits.x_test.copy(), tmp_path, None)
     names = ("inception_score", "confidence", "class_entropy", "nn_distance")
     assert set(values) == {f"test/{n}{s}" for n in names for s in ("", "_real")}
     assert all(values[f"test/{n}"] == values[f"test/{n}_real"] for n in names)
@@ -132,24 +134,6 @@ def tiny_experiment(epochs: int, lr: float = 0.002) -> Experiment:
                       optimized_metric="val/inception_score")
 
 
-def fit(exp: Experiment, splits, callbacks=(), seed: int = 0, untrained: bool = True):
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
-
-    _quiet_lightning()
-    pl.seed_everything(seed, verbose=False)
-    system = build_system(exp, DIGITS.as_config())
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=seed)
-    before = {}
-    if untrained:
-        check = build_trainer(exp, [], accelerator="cpu", devices=1)
-        check.validate(system, datamodule=data, verbose=False)
-        before = {k: float(v) for k, v in check.callback_metrics.items()}
-    trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=data)
-    return system, before, {k: float(v) for k, v in trainer.callback_metrics.items()}
-
-
 def test_each_epoch_leaves_a_sample_grid_in_the_run_once(splits, tracking):
     from runyard.data.splits import Splits
     from runyard.tracking.epoch_logger import MlflowEpochLogger
@@ -158,7 +142,7 @@ def test_each_epoch_leaves_a_sample_grid_in_the_run_once(splits, tracking):
                    splits.x_test[:8], splits.y_test[:8])
     client = mlflow.MlflowClient(tracking)
     run_id = client.create_run(client.create_experiment("gan")).info.run_id
-    fit(tiny_experiment(epochs=2), small, [MlflowEpochLogger(tracking, run_id, flush_every_s=0)], untrained=False)
+    fit_tiny(tiny_experiment(epochs=2), DIGITS, small, callbacks=[MlflowEpochLogger(tracking, run_id, flush_every_s=0)])
     grids = [f.path for f in client.list_artifacts(run_id, "samples")]
     assert grids == ["samples/epoch_000.png", "samples/epoch_001.png"]
     metrics = client.get_run(run_id).data.metrics
@@ -167,7 +151,7 @@ def test_each_epoch_leaves_a_sample_grid_in_the_run_once(splits, tracking):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A restarted worker re-trains epochs the store already has: neither metrics nor grids twice.
-    fit(tiny_experiment(epochs=2), small, [MlflowEpochLogger(tracking, run_id, flush_every_s=0)], untrained=False)
+    fit_tiny(tiny_experiment(epochs=2), DIGITS, small, callbacks=[MlflowEpochLogger(tracking, run_id, flush_every_s=0)])
     assert [m.step for m in client.get_metric_history(run_id, "val/inception_score")] == [0, 1]
     assert len(client.list_artifacts(run_id, "samples")) == 2
 
@@ -179,7 +163,8 @@ def test_each_epoch_leaves_a_sample_grid_in_the_run_once(splits, tracking):
 
 
 def test_gan_learns_to_draw_digits(splits):
-    _, before, after = fit(tiny_experiment(epochs=8), splits)
+    learned = fit_tiny(tiny_experiment(epochs=8), DIGITS, splits, untrained=True)
+    before, after = learned.before, learned.after
     print(f"inception score untrained {before['val/inception_score']:.2f}, trained {after['val/inception_score']:.2f}; "
           f"class entropy {before['val/class_entropy']:.2f} -> {after['val/class_entropy']:.2f}")
     assert before["val/inception_score"] < 2.5 <= after["val/inception_score"]
@@ -190,32 +175,36 @@ def test_gan_learns_to_draw_digits(splits):
 def test_evaluate_and_register_a_generator(prepared, tracking):
     """A generator through the evaluate and register stages: test metrics and the sample
     grid in metrics/, plots/ and the run; the registered model draws digits from codes."""
-    from runyard import stages
+    from runyard.commands.evaluate import evaluate
+    from runyard.commands.register import register
+    from runyard.commands.report import compare
+    from runyard.commands.train import _record
     from runyard.models import saved
-    from runyard.report import compare
+    from runyard.tracking.client import Tracking
+    from runyard.tracking.models import history_csv, log_pytorch_model
     from runyard.tracking.runs import ensure_experiment, tracked_run
 
     project = Project(prepared)
-    exp, info, data = stages.load_inputs(project, "digits_dcgan")
+    exp, info, data = project.load_inputs("digits_dcgan")
     assert info.task == "generation"
     net = build_model(exp.model, info.input_shape, info.num_outputs).eval()
-    uri, client = stages._tracking(project)
+    client = Tracking.of(project).client
     exp_id = ensure_experiment(client, exp.name, str(prepared / "mlruns" / "artifacts"))
     with tracked_run(exp_id, exp.name, {}, {}) as run_id:
-        model_uri = stages.log_model(project, net, data.x_test[:5])
+        model_uri = log_pytorch_model(net, data.x_test[:5])
         client.log_metric(run_id, "val/inception_score", 1.0, step=0)
     history = {"val/inception_score": [(0, 1.0)]}
-    saved.save(project.model_dir(exp.name), net.state_dict(), stages._record(project, exp, info, run_id, model_uri),
-               extra_files={"history.csv": stages._history_csv(history)})
+    saved.save(project.model_dir(exp.name), net.state_dict(), _record(project, exp, info, run_id, model_uri),
+               extra_files={"history.csv": history_csv(history)})
 
-    values = stages.evaluate(project, exp.name)
+    values = evaluate(project, exp.name)
     assert values["test/inception_score"] < 2 < 8 < values["test/inception_score_real"]  # untrained: flat grey
     assert (prepared / "plots" / exp.name / "samples.png").is_file()
     assert client.get_run(run_id).data.metrics["test/inception_score"] == values["test/inception_score"]
     assert "evaluation/samples.png" in {f.path for f in client.list_artifacts(run_id, "evaluation")}
     assert "| digits_dcgan | dcgan | inception_score " in compare(project, [exp.name], "t")
 
-    reg = stages.register(project, exp.name)
+    reg = register(project, exp.name)
     assert reg.promoted and reg.metric == "val/inception_score" and reg.value == 1.0
     served = mlflow.pytorch.load_model(f"models:/{exp.name}@champion")
     codes = model_inputs(net, np.zeros((3, 1, 8, 8), np.float32))

@@ -12,12 +12,15 @@ import pytest
 import torch
 import yaml
 
+from runyard import tasks
+from runyard.checks import check_model_fits
 from runyard.config import Experiment
 from runyard.data import dataset_info, dataset_params, graph_format, graphs, karate
 from runyard.data.splits import Splits
-from runyard.models import build_model, check_model_fits, check_model_spec
+from runyard.models import build_model, check_model_spec
 from runyard.models.components.gcn import normalized_adjacency
 from tests.conftest import assert_one_line_config_error, files_under, one_line_error, runyard_cli
+from tests.learning import untrained_vs_trained
 
 REPO = Path(__file__).resolve().parents[2]
 KARATE, GRAPHS = dataset_info("karate"), dataset_info("graphs")
@@ -286,7 +289,7 @@ def test_graphs_degree_features():
 
 @pytest.mark.parametrize("name", ["karate", "graphs"])
 def test_prepare_twice_is_byte_identical(project, name):
-    from runyard.stages import prepare
+    from runyard.commands.prepare import prepare
 
     params = yaml.safe_load(project.params_file.read_text())
     params["datasets"] = {"graphs": {"graphs_per_class": 20}}
@@ -299,30 +302,11 @@ def test_prepare_twice_is_byte_identical(project, name):
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(dataset: str, splits: Splits, model: dict, recipe: dict) -> tuple[float, float, pl.LightningModule]:
     """Val accuracy untrained and trained (plain in-process Lightning, no Ray), and the system."""
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
-
-    _quiet_lightning()
-    info = dataset_info(dataset)
     exp = Experiment(name="t", dataset=dataset, model=model, recipe=recipe)
-    pl.seed_everything(0, verbose=False)
-    system = build_system(exp, {"input_shape": info.input_shape, "num_outputs": info.num_outputs, "task": info.task})
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=0)
-    untrained = build_trainer(exp, [], accelerator="cpu", devices=1)
-    untrained.validate(system, datamodule=data, verbose=False)
-    trainer = build_trainer(exp, [], accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=data)
-    return float(untrained.callback_metrics["val/acc"]), float(trainer.callback_metrics["val/acc"]), system
+    before, after, learned = untrained_vs_trained(exp, dataset_info(dataset), splits, "val/acc")
+    return before, after, learned.system
 
 
 def test_gcn_learns_karate_and_draws_the_graph(tmp_path, one_thread):
@@ -332,8 +316,6 @@ def test_gcn_learns_karate_and_draws_the_graph(tmp_path, one_thread):
     communities; its random head then names them right or wrong). Then the node
     classifier's evaluator scores the test nodes and draws the club coloured by
     predicted class."""
-    from runyard.evaluation.tasks import EVALUATORS
-
     raw = pipeline("karate_gcn")
     s = karate.build(karate.Args(), seed=0)
     x_unlabelled, y_unlabelled = np.concatenate([s.x_val, s.x_test]), np.concatenate([s.y_val, s.y_test])
@@ -353,7 +335,7 @@ def test_gcn_learns_karate_and_draws_the_graph(tmp_path, one_thread):
         with torch.no_grad():
             return nets["trained"].eval()(torch.from_numpy(x)).numpy()
 
-    values = EVALUATORS["node_classification"]("karate_gcn", KARATE, s, predict(s.x_test), tmp_path, predict)
+    values = tasks.get("node_classification").evaluate("karate_gcn", KARATE, s, predict(s.x_test), tmp_path, predict)
     print(f"karate: unlabelled-node acc {acc}; val {val_acc:.2f}, test {values['test/acc']:.2f}")
     assert acc["trained"] >= 0.85 and acc["trained"] > acc["untrained"]
     assert val_acc >= 0.8 and values["test/acc"] >= 0.8

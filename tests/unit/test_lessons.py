@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-from runyard.config import Adversarial, Experiment, Project, Recipe
+from runyard.config import Adversarial, Experiment, Recipe
 from runyard.data import dataset_info, digits
 from runyard.data.splits import Splits
 from runyard.data.training import training_split
 from runyard.evaluation import adversarial
+from runyard.project import Project
 from tests.conftest import assert_one_line_config_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,11 +82,9 @@ def test_bad_recipe_data_options_are_one_line(project, extra, dataset, model, fr
 
 
 def test_more_train_samples_than_the_split_is_one_line(prepared):
-    from runyard.stages import load_inputs
-
     raw = {"dataset": "digits", "model": {"name": "cnn2d"}, "recipe": {"epochs": 1, "train_samples": 5000}}
     (prepared / "pipelines" / "big.yaml").write_text(yaml.safe_dump(raw))
-    assert_one_line_config_error(lambda: load_inputs(Project(prepared), "big"), [
+    assert_one_line_config_error(lambda: Project(prepared).load_inputs("big"), [
         "pipelines/big.yaml: recipe.train_samples: 5000 is more than the", "training samples of digits"])
 
 
@@ -217,28 +216,30 @@ def test_evaluate_stage_logs_fgsm_metrics_and_plot(prepared):
     """The evaluate stage of a pipeline with ``evaluate.adversarial``: metrics file, plots, MLflow."""
     import mlflow
 
-    from runyard import stages
+    from runyard.commands.evaluate import evaluate
     from runyard.models import build_model
     from runyard.models import saved as saved_model
+    from runyard.tracking.client import Tracking
+    from runyard.tracking.uri import project_tracking_uri
 
     project = Project(prepared)
     exp = project.experiment("digits_cnn_fgsm")
     info = project.dataset_info("digits")
     # Untrained weights will do: this is about the stage's wiring (the learn-test is above).
     net = build_model(exp.model, info.input_shape, info.num_outputs)
-    client = stages._tracking(project)[1]
+    client = Tracking.of(project).client
     run = client.create_run(client.create_experiment("digits_cnn_fgsm"))
     saved_model.save(project.model_dir("digits_cnn_fgsm"), net.state_dict(), {
         "experiment": exp.name, "run_id": run.info.run_id, "model": exp.model,
         "input_shape": list(info.input_shape), "num_outputs": 10, "task": "classification"},
         extra_files={"history.csv": "epoch,train/loss,val/loss\n0,2.0,2.1\n1,1.0,1.1\n"})
-    values = stages.evaluate(project, "digits_cnn_fgsm")
+    values = evaluate(project, "digits_cnn_fgsm")
     keys = {adversarial.metric_name(e) for e in exp.evaluate.adversarial.epsilons}
     assert keys <= set(values) and "test/acc" in values
     assert values["test/fgsm_acc/eps_0"] == pytest.approx(values["test/acc"])
     assert keys <= set(json.loads(project.metrics_file("digits_cnn_fgsm").read_text()))
     assert {"fgsm.png", "fgsm.csv"} <= {p.name for p in project.plots_dir("digits_cnn_fgsm").iterdir()}
-    logged = mlflow.MlflowClient(stages.tracking_uri(project)).get_run(run.info.run_id).data.metrics
+    logged = mlflow.MlflowClient(project_tracking_uri(project)).get_run(run.info.run_id).data.metrics
     assert keys <= set(logged)
 
 
@@ -246,7 +247,8 @@ def test_evaluate_stage_logs_fgsm_metrics_and_plot(prepared):
 
 
 def test_sweep_plots_train_val_test_error_against_the_searched_key(tmp_path):
-    from runyard.tuning.sweep import axes, error_of, plot, write_table
+    from runyard.evaluation.tables import write_records
+    from runyard.tuning.sweep import axes, error_of, plot
 
     exp = Experiment.model_validate({
         "name": "cap", "dataset": "mnist1d", "model": {"name": "shallow"}, "recipe": {"epochs": 2},
@@ -256,7 +258,7 @@ def test_sweep_plots_train_val_test_error_against_the_searched_key(tmp_path):
             for t, w, p, tr, va, te in (("a", 2, 112, 0.3, 0.25, 0.26), ("b", 64, 3274, 1.0, 0.4, 0.41))]
     assert axes(exp, rows) == ["model.width"] and error_of("acc", 0.25) == 0.75 and error_of("mse", 0.2) == 0.2
     plot(exp, rows, "acc", tmp_path / "sweep.png")
-    write_table(rows, tmp_path / "sweep.csv")
+    write_records(rows, tmp_path / "sweep.csv")
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert [r["model.width"] for r in table] == ["2", "64"] and table[1]["test/acc"] == "0.41"
@@ -312,7 +314,7 @@ def test_every_ablation_variant_learns(project, digits_splits, name):
 
 def test_trial_count_expands_grids():
     from runyard.config import Search
-    from runyard.tuning.search import trial_count
+    from runyard.tuning.results import trial_count
 
     grid = Search(algorithm="grid", scheduler="fifo", num_samples=2,
                   space={"model.width": {"grid": [1, 2, 4]}, "recipe.lr": {"choice": [0.1, 0.01]}})

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runyard import tasks
 from runyard.config import Recipe
 from runyard.errors import RunyardError
 from runyard.models import MODELS, build_model, check_model_spec
 from runyard.models.optim import build_optimizer, build_schedule
-from runyard.models.systems import ClassifierSystem, RegressorSystem, SegmenterSystem, system_for
+from runyard.tasks.generation import GANSystem
+from runyard.tasks.system import TaskSystem, build_system
 from tests.conftest import assert_one_line_config_error
 
 
@@ -170,8 +172,8 @@ def test_check_model_spec_fills_defaults_and_coerces():
     ],
 )
 def test_model_that_does_not_fit_its_dataset_is_a_config_error(spec, dataset, fragment):
+    from runyard.checks import check_model_fits
     from runyard.data import dataset_info
-    from runyard.models import check_model_fits
 
     with pytest.raises(RunyardError) as err:
         check_model_fits(spec, dataset_info(dataset), dataset, where="p.yaml: model")
@@ -250,11 +252,16 @@ class Fixed(nn.Module):
         return x * self.w
 
 
+def loss_and_metrics(system: TaskSystem, batch):
+    """A training step's loss and metrics, as the system computes them for its net."""
+    return system.task.loss_and_metrics(system.net, batch)
+
+
 def test_classifier_loss_and_metrics():
-    system = ClassifierSystem(Fixed(), {"epochs": 1})
+    system = TaskSystem(Fixed(), {"epochs": 1}, "classification")
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])
     y = torch.tensor([0, 1, 0, 2])  # two right, two wrong
-    loss, metrics = system.loss_and_metrics((logits, y))
+    loss, metrics = loss_and_metrics(system, (logits, y))
     assert set(metrics) == {"loss", "acc"}
     assert 0.0 <= metrics["acc"].item() <= 1.0
     assert metrics["acc"].item() == pytest.approx(0.5)
@@ -263,33 +270,39 @@ def test_classifier_loss_and_metrics():
 
 
 def test_classifier_accuracy_bounds():
-    system = ClassifierSystem(Fixed(), {"epochs": 1})
+    system = TaskSystem(Fixed(), {"epochs": 1}, "classification")
     logits = torch.eye(4)
-    assert system.loss_and_metrics((logits, torch.arange(4)))[1]["acc"].item() == 1.0
-    assert system.loss_and_metrics((logits, (torch.arange(4) + 1) % 4))[1]["acc"].item() == 0.0
+    assert loss_and_metrics(system, (logits, torch.arange(4)))[1]["acc"].item() == 1.0
+    assert loss_and_metrics(system, (logits, (torch.arange(4) + 1) % 4))[1]["acc"].item() == 0.0
 
 
 def test_regressor_loss_and_metrics():
-    system = RegressorSystem(Fixed(), {"epochs": 1})
+    system = TaskSystem(Fixed(), {"epochs": 1}, "regression")
     pred, y = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[1.0], [0.0], [1.0]])
-    loss, metrics = system.loss_and_metrics((pred, y))
+    loss, metrics = loss_and_metrics(system, (pred, y))
     assert set(metrics) == {"loss", "mse"}
     assert loss.item() == pytest.approx((0 + 4 + 9) / 3)
     assert metrics["mse"].item() == pytest.approx(loss.item())
 
 
 def test_system_for_task():
-    assert system_for("classification") is ClassifierSystem
-    assert system_for("regression") is RegressorSystem
-    assert system_for("segmentation") is SegmenterSystem
+    def system(task: str):
+        built = build_system(task, Fixed(), {"epochs": 1})
+        return type(built), built.task
+
+    assert system("classification") == (TaskSystem, tasks.get("classification"))
+    assert system("regression") == (TaskSystem, tasks.get("regression"))
+    assert system("segmentation") == (TaskSystem, tasks.get("segmentation"))
+    gan = build_model({"name": "dcgan"}, (1, 8, 8), 10)
+    assert type(build_system("generation", gan, {"epochs": 1})) is GANSystem
 
 
 def test_system_validates_recipe():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        ClassifierSystem(Fixed(), {"epochs": 1, "steps": 10})
-    system = ClassifierSystem(Fixed(), {"epochs": 3, "optimizer": "sgd", "lr": 0.5})
+        TaskSystem(Fixed(), {"epochs": 1, "steps": 10}, "classification")
+    system = TaskSystem(Fixed(), {"epochs": 3, "optimizer": "sgd", "lr": 0.5}, "classification")
     assert system.recipe == Recipe(epochs=3, optimizer="sgd", lr=0.5)
     assert system.hparams["recipe"]["lr"] == 0.5
 

@@ -23,8 +23,8 @@ def _store(tmp_path_factory):
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from runyard.config import Project
-    from runyard.stages import tracking_uri
+    from runyard.project import Project
+    from runyard.tracking.uri import project_tracking_uri
 
     project = Project(copy_project(tmp_path_factory.mktemp("reproduce") / "project"))
     with pytest.MonkeyPatch.context() as mp:
@@ -32,7 +32,7 @@ def _store(tmp_path_factory):
         mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
         mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        uri = tracking_uri(project)
+        uri = project_tracking_uri(project)
         yield project, MlflowClient(uri, registry_uri=uri)
 
 
@@ -68,14 +68,14 @@ def registered(client, name: str, tags: dict[str, str], alias: str = "champion")
 
 
 def refused(project, spec: str, *fragments: str) -> None:
-    from runyard.tracking.reproduce import reproduce
+    from runyard.commands.reproduce import reproduce
 
     assert_one_line_config_error(lambda: reproduce(project, spec), ["reproduce: ", *fragments])
 
 
 @pytest.mark.parametrize("spec", ["mnist1d_cnn", "@champion", "mnist1d_cnn@", "a@b@c"])
 def test_spec_must_be_model_at_alias(spec):
-    from runyard.tracking.reproduce import parse_spec
+    from runyard.commands.reproduce import parse_spec
 
     assert_one_line_config_error(lambda: parse_spec(spec), [f"reproduce: {spec!r}: expected MODEL@ALIAS"])
 
@@ -143,7 +143,7 @@ def test_dirty_ignores_what_dvc_repro_writes(project):
 
 
 def test_tolerance_must_not_be_negative(store):
-    from runyard.tracking.reproduce import reproduce
+    from runyard.commands.reproduce import reproduce
 
     with pytest.raises(RunyardError, match="--tolerance: must be >= 0"):
         reproduce(store[0], "a@b", tolerance=-1)

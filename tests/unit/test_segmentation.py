@@ -3,19 +3,20 @@ in-process learning on tiny generated shapes (the U-Net and the shapes CNN)."""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from runyard import tasks
+from runyard.checks import check_model_fits
 from runyard.config import Experiment
-from runyard.data import builder, dataset_info, shapes, shapes_seg
+from runyard.data import dataset_info, shapes, shapes_seg
 from runyard.errors import RunyardError
 from runyard.evaluation.metrics import overlap, pixel_confusion, segmentation
-from runyard.evaluation.tasks import EVALUATORS
-from runyard.models import METRICS, build_model, check_model_fits
-from runyard.models.systems import SegmenterSystem
+from runyard.models import build_model
+from runyard.tasks.system import TaskSystem, build_system
+from tests.learning import untrained_vs_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,12 +85,13 @@ def test_numpy_test_metrics_match():
 
 def test_segmenter_system_loss_and_metrics():
     logits = 10 * F.one_hot(masks(PRED), 3).permute(0, 3, 1, 2).float()  # scores favouring PRED
-    system = SegmenterSystem(torch.nn.Identity(), {"epochs": 1})
-    loss, metrics = system.loss_and_metrics((logits, masks(TRUE).to(torch.uint8)))
+    system = build_system("segmentation", torch.nn.Identity(), {"epochs": 1})
+    assert type(system) is TaskSystem and system.task is tasks.get("segmentation")
+    loss, metrics = system.task.loss_and_metrics(system.net, (logits, masks(TRUE).to(torch.uint8)))
     assert set(metrics) == {"loss", "iou", "dice"}
     assert metrics["iou"].item() == pytest.approx(3 / 14) and metrics["dice"].item() == pytest.approx(0.3)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, masks(TRUE)).item())
-    assert set(METRICS["segmentation"]) >= {"val/iou", "val/dice", "val/loss"}
+    assert set(tasks.get("segmentation").metrics) >= {"val/iou", "val/dice", "val/loss"}
 
 
 # --------------------------------------------------------------------------- the U-Net and fitting checks
@@ -137,7 +139,7 @@ def test_segmentation_evaluator_writes_metrics_and_mask_grid(tmp_path):
     s = shapes_seg.build(shapes_seg.Args(size=16, train_samples=3, val_samples=3, test_samples=10), seed=0)
     info = dataset_info("shapes_seg", shapes_seg.Args(size=16))
     perfect = 5 * F.one_hot(torch.tensor(s.y_test).long(), 4).permute(0, 3, 1, 2).numpy()
-    values = EVALUATORS["segmentation"]("shapes_unet", info, s, perfect, tmp_path, lambda x: perfect)
+    values = tasks.get("segmentation").evaluate("shapes_unet", info, s, perfect, tmp_path, lambda x: perfect)
     assert values == {"test/iou": 1.0, "test/dice": 1.0, "test/pixel_acc": 1.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "masks.png"]
     assert (tmp_path / "masks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,28 +149,6 @@ def test_segmentation_evaluator_writes_metrics_and_mask_grid(tmp_path):
 # --------------------------------------------------------------------------- learning
 
 
-def fit(dataset: str, splits, model: dict, recipe: dict, metric: str) -> tuple[float, float]:
-    """Validation ``metric`` untrained and after training, in-process Lightning (no Ray)."""
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
-
-    _quiet_lightning()
-    size = splits.x_train.shape[-1]
-    info = dataset_info(dataset, builder(dataset).Args(size=size))
-    exp = Experiment(name="learn", dataset=dataset, model=model, recipe=recipe)
-    pl.seed_everything(0, verbose=False)
-    system = build_system(exp, {"task": info.task, "input_shape": info.input_shape, "num_outputs": info.num_outputs})
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=0, augment=exp.recipe.augment)
-    untrained = build_trainer(exp, [], accelerator="cpu", devices=1)
-    untrained.validate(system, datamodule=data, verbose=False)
-    before = float(untrained.callback_metrics[metric])
-    trainer = build_trainer(exp, [], accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=data)
-    after = float(trainer.callback_metrics[metric])
-    print(f"{dataset}: {metric} untrained {before:.3f}, trained {after:.3f}")
-    return before, after
-
-
 # Budgets and thresholds, measured over seeds 0-2 on 1 thread (~5 s a fit on an idle core):
 # U-Net val IoU untrained 0.047-0.054, all background 0, after 8 epochs 0.634-0.647;
 # shapes CNN val acc untrained 0.34-0.36 (chance 1/3), after 8 epochs 0.76-0.79.
@@ -176,19 +156,22 @@ def fit(dataset: str, splits, model: dict, recipe: dict, metric: str) -> tuple[f
 
 
 def test_unet_learns_to_segment_shapes():
-    s = shapes_seg.build(shapes_seg.Args(size=16, train_samples=256, val_samples=128, test_samples=3,
-                                         max_shapes=2, min_radius=0.2, max_radius=0.3), seed=0)
+    args = shapes_seg.Args(size=16, train_samples=256, val_samples=128, test_samples=3,
+                           max_shapes=2, min_radius=0.2, max_radius=0.3)
+    s = shapes_seg.build(args, seed=0)
     assert segmentation(s.y_val, np.zeros_like(s.y_val), 4)[0]["test/iou"] == 0.0  # all background
-    before, after = fit("shapes_seg", s, {"name": "unet", "channels": [8, 16]},
-                        {"lr": 0.02, "batch_size": 16, "epochs": 8, "schedule": {"name": "cosine"}}, "val/iou")
+    exp = Experiment(name="learn", dataset="shapes_seg", model={"name": "unet", "channels": [8, 16]},
+                     recipe={"lr": 0.02, "batch_size": 16, "epochs": 8, "schedule": {"name": "cosine"}})
+    before, after, _ = untrained_vs_trained(exp, dataset_info("shapes_seg", args), s, "val/iou")
     assert before < 0.35 <= after, (before, after)
 
 
 def test_shapes_cnn_learns_to_classify():
     """With augmentation on: it must not keep the net from learning."""
-    s = shapes.build(shapes.Args(size=16, train_samples=600, val_samples=150, test_samples=3,
-                                 min_radius=0.2, max_radius=0.35), seed=0)
-    before, after = fit("shapes", s, {"name": "cnn2d", "channels": [8, 16, 32]},
-                        {"lr": 0.01, "batch_size": 32, "epochs": 8, "schedule": {"name": "cosine"},
-                         "augment": {"shift": 1, "rotate_deg": 10, "noise": 0.05}}, "val/acc")
+    args = shapes.Args(size=16, train_samples=600, val_samples=150, test_samples=3, min_radius=0.2, max_radius=0.35)
+    s = shapes.build(args, seed=0)
+    exp = Experiment(name="learn", dataset="shapes", model={"name": "cnn2d", "channels": [8, 16, 32]},
+                     recipe={"lr": 0.01, "batch_size": 32, "epochs": 8, "schedule": {"name": "cosine"},
+                             "augment": {"shift": 1, "rotate_deg": 10, "noise": 0.05}})
+    before, after, _ = untrained_vs_trained(exp, dataset_info("shapes", args), s, "val/acc")
     assert before < 0.55 <= after, (before, after)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
 
+from runyard.checks import check_model_fits
 from runyard.config import Experiment
 from runyard.data import dataset_info
 from runyard.errors import RunyardError
-from runyard.models import build_model, check_model_fits, check_model_spec
+from runyard.models import build_model, check_model_spec
 from tests.conftest import assert_one_line_config_error
+from tests.learning import untrained_vs_trained
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = {
@@ -138,33 +139,13 @@ def small_mnist1d():
     return build(Args(num_samples=1000, val_samples=200), seed=0)
 
 
-def val_acc(trainer: pl.Trainer) -> float:
-    return float(trainer.callback_metrics["val/acc"])
-
-
 @pytest.mark.parametrize("model", PIPELINES)
 def test_model_learns_mnist1d(model, small_mnist1d, one_thread):
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
-
-    _quiet_lightning()
     raw = pipeline(model)
     # The pipeline's model and optimiser, on a budget a unit test can afford.
     recipe = {k: v for k, v in raw["recipe"].items() if k not in ("steps", "epochs", "early_stopping")}
     exp = Experiment(name=PIPELINES[model], dataset="mnist1d", model=raw["model"],
                      recipe={**recipe, "epochs": LEARN_EPOCHS[model]})
-    info = {"input_shape": MNIST1D.input_shape, "num_outputs": MNIST1D.num_outputs, "task": MNIST1D.task}
-    pl.seed_everything(0, verbose=False)
-    system = build_system(exp, info)
-    data = SplitsDataModule(small_mnist1d, exp.recipe.batch_size, seed=0)
-
-    untrained = build_trainer(exp, [], accelerator="cpu", devices=1)
-    untrained.validate(system, datamodule=data, verbose=False)
-    before = val_acc(untrained)
-
-    trainer = build_trainer(exp, [], accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=data)
-    after = val_acc(trainer)
-    print(f"{model}: val acc untrained {before:.3f}, after {LEARN_EPOCHS[model]} epochs {after:.3f}")
-    assert trainer.current_epoch == LEARN_EPOCHS[model]
+    before, after, learned = untrained_vs_trained(exp, MNIST1D, small_mnist1d, "val/acc")
+    assert learned.trainer.current_epoch == LEARN_EPOCHS[model]
     assert before < THRESHOLD <= after, (before, after)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
+from runyard import tasks
+from runyard.commands.prepare import prepare
 from runyard.data import dataset_info, dataset_params, shapes, shapes_seg
 from runyard.data import splits as split_store
 from runyard.errors import RunyardError
-from runyard.stages import load_inputs, prepare
 from tests.conftest import assert_one_line_config_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,16 +91,17 @@ def test_shape_geometry_has_the_right_area(kind, area, angle):
 def test_info_follows_the_image_size(project):
     assert dataset_info("shapes") == shapes.info(shapes.Args())
     assert dataset_info("shapes").input_shape == (1, 32, 32)
-    assert dataset_info("shapes").output_shape == (3,)
+    assert tasks.get(dataset_info("shapes").task).output_shape(dataset_info("shapes")) == (3,)
     info = dataset_info("shapes_seg", shapes_seg.Args(size=20))
     assert info.task == "segmentation" and info.input_shape == (1, 20, 20)
-    assert info.num_classes == 4 and info.output_shape == (4, 20, 20)
+    assert info.num_classes == 4 and tasks.get(info.task).output_shape(info) == (4, 20, 20)
     params = yaml.safe_load(project.params_file.read_text())
     params["datasets"]["shapes_seg"] = {"size": 24}
     project.params_file.write_text(yaml.safe_dump(params))
-    from runyard.config import Project
+    from runyard.project import Project
 
-    assert Project(project.root).dataset_info("shapes_seg").output_shape == (4, 24, 24)
+    info = Project(project.root).dataset_info("shapes_seg")
+    assert tasks.get(info.task).output_shape(info) == (4, 24, 24)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +166,7 @@ def test_prepare_shapes_seg_twice_is_byte_identical_and_stale_data_is_refused(pr
     params = yaml.safe_load(project.params_file.read_text())
     params["datasets"]["shapes_seg"] = SMALL
     project.params_file.write_text(yaml.safe_dump(params))
-    from runyard.config import Project
+    from runyard.project import Project
 
     project = Project(project.root)
     out = prepare(project, "shapes_seg")
@@ -177,7 +179,7 @@ def test_prepare_shapes_seg_twice_is_byte_identical_and_stale_data_is_refused(pr
     params["datasets"]["shapes_seg"] = {**SMALL, "size": 24}
     project.params_file.write_text(yaml.safe_dump(params))
     with pytest.raises(RunyardError) as err:
-        load_inputs(Project(project.root), "shapes_unet")
+        Project(project.root).load_inputs("shapes_unet")
     msg = str(err.value)
     assert "data/shapes_seg: inputs have shape (1, 16, 16)" in msg and "(1, 24, 24)" in msg
     assert "runyard prepare shapes_seg" in msg and "\n" not in msg

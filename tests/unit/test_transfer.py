@@ -12,14 +12,17 @@ import pytest
 import torch
 import yaml
 
-from runyard.config import Experiment, Project
+from runyard import tasks
+from runyard.config import Experiment
 from runyard.data import builder, dataset_info
 from runyard.data.augment import augment
 from runyard.data.view import view_info, view_splits
 from runyard.errors import RunyardError
 from runyard.models import build_model
 from runyard.models.transfer import layers, param_groups, part_of, source_state
+from runyard.project import Project
 from tests.conftest import assert_one_line_config_error
+from tests.learning import untrained_vs_trained
 
 CNN = {"name": "cnn2d", "channels": [8, 16]}
 RECIPE = {"lr": 0.01, "batch_size": 32, "epochs": 2}
@@ -119,7 +122,8 @@ def test_subset_relabels_and_caps_training_labels(digits):
 def test_reconstruction_targets_are_the_inputs(digits):
     exp = exp_of(task="reconstruction", model={"name": "conv_autoencoder"})
     s = view_splits(digits, exp)
-    assert s.y_val is s.x_val and view_info(dataset_info("digits"), exp).output_shape == (1, 8, 8)
+    info = view_info(dataset_info("digits"), exp)
+    assert s.y_val is s.x_val and tasks.get(info.task).output_shape(info) == (1, 8, 8)
 
 
 def test_augment_moves_an_image_target_with_its_image_and_noises_the_input_only():
@@ -180,7 +184,7 @@ def test_freeze_keeps_layers_fixed_then_unfreezes_from_the_top(digits, one_threa
 
 
 def test_lr_groups_reach_the_optimizer_and_the_schedule():
-    from runyard.execution.worker import build_system
+    from runyard.execution.lightning import build_system
 
     exp = exp_of(init={"from": "src", "lr_groups": {"features": 0.1}},
                  recipe={**RECIPE, "lr": 0.02, "schedule": {"name": "step", "step_size": 1, "gamma": 0.5}})
@@ -203,33 +207,39 @@ def test_source_state_reads_the_trained_part_and_refuses_a_stale_or_missing_sour
     write(project, "src")
     write(project, "t", init={"from": "src", "part": "features"})
     exp = project.experiment("t")
+
+    def source_state_of(exp):
+        model_dir = project.model_dir(exp.init.source)
+        return source_state(exp, project.experiment_info(exp), model_dir, project.rel(model_dir),
+                            project.rel(project.pipeline_file(exp.init.source)))
+
     with pytest.raises(RunyardError, match=r"models/src: no trained model; run .*runyard train src"):
-        source_state(project, exp)
+        source_state_of(exp)
     net = build_model(CNN, (1, 8, 8), 10)
     record = {"experiment": "src", "run_id": "r1", "model_uri": "models:/m", "model": CNN,
               "input_shape": [1, 8, 8], "num_outputs": 10, "task": "classification"}
     saved.save(project.model_dir("src"), net.state_dict(), record)
-    state, source = source_state(project, exp)
+    state, source = source_state_of(exp)
     assert set(state) == set(part_of(net.state_dict(), "features")) and source["run_id"] == "r1"
     assert all(torch.equal(state[k], net.state_dict()[k]) for k in state)
     wide = build_model({"name": "cnn2d", "channels": [8, 32]}, (1, 8, 8), 10)
     saved.save(project.model_dir("src"), wide.state_dict(), record)
     with pytest.raises(RunyardError, match=r"features.4.weight is \(32, 8, 3, 3\) there.*runyard train src"):
-        source_state(project, exp)
+        source_state_of(exp)
 
 
 # --------------------------------------------------------------------------- the reconstruction evaluator
 
 
 def test_reconstruction_evaluator_scores_and_draws_the_grid(digits, tmp_path):
-    from runyard.evaluation.tasks import DENOISE_NOISE, EVALUATORS
+    from runyard.tasks.reconstruction import DENOISE_NOISE
 
     exp = exp_of(task="reconstruction", model={"name": "conv_autoencoder"})
     s, info = view_splits(digits, exp), view_info(dataset_info("digits"), exp)
-    identity = EVALUATORS["reconstruction"]("dae", info, s, s.x_test, tmp_path, lambda x: x)
+    identity = tasks.get("reconstruction").evaluate("dae", info, s, s.x_test, tmp_path, lambda x: x)
     assert identity["test/mse"] == 0 and identity["test/mse_noisy"] == pytest.approx(DENOISE_NOISE**2, rel=0.05)
     assert (tmp_path / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
-    blank = EVALUATORS["reconstruction"]("dae", info, s, 0 * s.x_test, tmp_path, lambda x: 0 * x)
+    blank = tasks.get("reconstruction").evaluate("dae", info, s, 0 * s.x_test, tmp_path, lambda x: 0 * x)
     assert blank["test/mse"] == pytest.approx(float((s.x_test**2).mean()))
 
 
@@ -237,23 +247,11 @@ def test_reconstruction_evaluator_scores_and_draws_the_grid(digits, tmp_path):
 
 
 def train(exp: Experiment, splits, metric: str, init_state=None) -> tuple[float, float, torch.nn.Module]:
-    """Validation ``metric`` of the model as it starts and after training (in-process Lightning)."""
-    from runyard.data.loaders import SplitsDataModule
-    from runyard.execution.worker import _quiet_lightning, build_system, build_trainer
-
-    _quiet_lightning()
+    """Validation ``metric`` of the model as it starts and after training (in-process Lightning),
+    on the task and data the experiment sees (its ``subset:`` and ``task:``)."""
     info = view_info(dataset_info(exp.dataset), exp)
-    splits = view_splits(splits, exp)
-    pl.seed_everything(0, verbose=False)
-    system = build_system(exp, info.as_config(), init_state)
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=0, augment=exp.recipe.augment)
-    before = build_trainer(exp, [], accelerator="cpu", devices=1)
-    before.validate(system, datamodule=data, verbose=False)
-    trainer = build_trainer(exp, [], accelerator="cpu", devices=1)
-    trainer.fit(system, datamodule=data)
-    start, end = float(before.callback_metrics[metric]), float(trainer.callback_metrics[metric])
-    print(f"{exp.name}: {metric} at start {start:.4f}, trained {end:.4f}")
-    return start, end, system.net
+    start, end, learned = untrained_vs_trained(exp, info, view_splits(splits, exp), metric, init_state=init_state)
+    return start, end, learned.net
 
 
 DAE = {"name": "conv_autoencoder", "channels": [8, 16]}
@@ -305,7 +303,8 @@ def test_init_keeps_its_yaml_spelling_when_dumped():
 def test_train_refuses_a_missing_source_model_before_writing_anything(project):
     """init.from names a real experiment that was never trained: one line naming what to
     run, before Ray, MLflow (no store created) or models/ are touched."""
-    from runyard.stages import prepare, train
+    from runyard.commands.prepare import prepare
+    from runyard.commands.train import train
     from tests.conftest import files_under
 
     prepare(project, "digits")
