@@ -39,7 +39,7 @@ START_TIMEOUT_S = 120.0
 def missing(what: str) -> None:
     """A service the test needs is not installed: fail under CI, skip elsewhere."""
     if ON_CI:
-        pytest.fail(f"{what} (CI=true: services must be installed, see .ci/run)")
+        pytest.fail(f"{what} (CI=true: services must be installed: make system, or scripts/system-deps.sh)")
     pytest.skip(what)
 
 
