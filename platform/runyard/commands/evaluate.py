@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+from mlflow.entities import Metric
 
 from runyard import tasks
 from runyard.evaluation import adversarial, plots
@@ -32,14 +35,24 @@ def evaluate(project: Project, name: str) -> dict[str, float]:
             net, _ = saved_model.load(model_dir, project.rel(model_dir))
             values.update(adversarial.evaluate(name, net, splits.x_test, splits.y_test, info.num_outputs,
                                                exp.evaluate.adversarial, staging))
-        run_id = record["run_id"]
-        for key, value in values.items():
-            client.log_metric(run_id, key, value)
-        client.log_artifacts(run_id, str(staging), "evaluation")
+        _log(client, record["run_id"], values, staging)
         _publish(project, name, values, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return values
+
+
+def _log(client, run_id: str, values: dict[str, float], staging: Path) -> None:
+    """The test metrics and plots into the training's run, idempotently: an evaluation run
+    again (after a tracking server outage failed it) adds no second point of a metric it
+    already logged with the same value, and rewrites the same artifact files. One batch, so
+    a failure leaves either all of the metrics or none."""
+    logged = client.get_run(run_id).data.metrics
+    now = int(time.time() * 1000)
+    new = [Metric(k, float(v), now, 0) for k, v in values.items() if logged.get(k) != float(v)]
+    if new:
+        client.log_batch(run_id, metrics=new)
+    client.log_artifacts(run_id, str(staging), "evaluation")
 
 
 def _publish(project: Project, name: str, values: dict, staging: Path) -> None:

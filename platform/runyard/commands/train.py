@@ -68,7 +68,7 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
     retry_s = tracking.retry_s
     with tracking.run(exp, name, run_params, address, init_tags, resume_run_id=resume_id) as run_id:
         if resume_id is None:
-            log_dataset_input(project, exp.dataset, splits)
+            tracking.retry(lambda: log_dataset_input(project, exp.dataset, splits), "logging the dataset input")
         if exp.cv:
             _cross_validate(client, run_id, exp, info, splits, params)
         with epoch_progress(client, run_id, total_epochs(exp, splits), exp.optimized_metric):
@@ -89,9 +89,10 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
             retry_until(lambda: client.get_run(run_id), time.monotonic() + retry_s,
                         f"logging the model to {tracking.uri}: no answer for {retry_s:g} s "
                         "(params.yaml: mlflow.retry_s)")
-            model_uri = model_logging.log_pytorch_model(net, splits.x_test[:5], code_paths=code_paths)
+            model_uri = model_logging.log_pytorch_model(net, splits.x_test[:5], code_paths=code_paths,
+                                                        tracking=tracking)
             history = model_logging.history(client, run_id, info.task)
-            model_logging.log_learning_curve(name, history)
+            model_logging.log_learning_curve(name, history, tracking=tracking)
         saved_model.save(
             project.model_dir(name), result.state_dict, _record(project, exp, info, run_id, model_uri),
             extra_files={"history.csv": model_logging.history_csv(history)},
@@ -122,14 +123,14 @@ def _train_classical(project: Project, tracking: Tracking, exp: Experiment, info
         "model": model, "seed": params.seed,
     }
     with tracking.run(exp, name, run_params, classical.RAY_ADDRESS) as run_id:
-        log_dataset_input(project, exp.dataset, splits)
+        tracking.retry(lambda: log_dataset_input(project, exp.dataset, splits), "logging the dataset input")
         with status(f"fitting {exp.model_name} on {exp.dataset}"):
             result = classical.fit(exp, splits, params.seed)
         now = int(time.time() * 1000)
         values = {**result.metrics, "fit/seconds": result.seconds}
         tracking.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
         with status("logging the model"):
-            model_uri = model_logging.log_sklearn_model(result.estimator, flatten(splits.x_test[:5]))
+            model_uri = model_logging.log_sklearn_model(result.estimator, flatten(splits.x_test[:5]), tracking=tracking)
         history = {k: [(0, result.metrics[k])] for k in tasks.metrics_for(info.task, classical=True)}
         saved_model.save_estimator(
             project.model_dir(name), result.estimator, _record(project, exp, info, run_id, model_uri),

@@ -41,7 +41,7 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     study = resolve(params.study_storage, project.root)
     with tracking.run(exp, f"{name}-search", run_params, address, _parent_tags(exp),
                       resume_run_id=parent_id) as parent:
-        children = ChildRuns(tracking.uri, tracking.experiment_id(exp), parent, max_epochs(exp))
+        children = ChildRuns(client, tracking.experiment_id(exp), parent, max_epochs(exp))
         try:
             grid = run_search(exp, info, splits, params.seed, storage, f"{name}-search-{parent}", study,
                               children, resume=parent_id is not None, retry_errored=retry_errored)

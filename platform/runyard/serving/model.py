@@ -4,9 +4,9 @@ following its alias.
 A background thread (``Watcher.watch``) resolves the alias every ``poll_s`` seconds.
 When it points to another version, that version is loaded next to the current one,
 then swapped in by one assignment. A request reads ``Watcher.served`` once, so requests
-in flight finish on the model they started with. If the registry cannot be read, the
-current model stays served and one warning is logged (and one line when it can be read
-again).
+in flight finish on the model they started with. If the registry cannot be read (the tracking
+server is down: each poll is one quick attempt), the current model stays served and one
+warning is logged (and one line when it can be read again).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mlflow.pyfunc import PyFuncModel
 
 from runyard.errors import RunyardError
 from runyard.tracking import mlflow_pytorch
+from runyard.tracking.outage import try_once
 
 log = logging.getLogger("runyard.serve")
 
@@ -70,7 +71,9 @@ def reason(e: BaseException) -> str:
 class Watcher:
     """Keeps loaded the version that ``target`` points to, swapping when the alias moves."""
 
-    def __init__(self, client: MlflowClient, target: Target, served: Served):
+    def __init__(self, client, target: Target, served: Served):
+        """``client``: an ``MlflowClient`` or the driver's ``RetryingClient``; polling makes
+        one quick attempt each time either way (the next poll is the retry)."""
         self.client = client
         self.target = target
         self.served = served
@@ -79,8 +82,13 @@ class Watcher:
 
     def poll(self) -> bool:
         """One look at the registry; True if another version is now served."""
+        # One quick attempt, not MLflow's minutes of backoff nor the retrying client's
+        # mlflow.retry_s: a server that is back is seen at the next poll.
+        raw = getattr(self.client, "raw", self.client)
         try:
-            mv = self.client.get_model_version_by_alias(self.target.name, self.target.alias)
+            ok, mv = try_once(lambda: raw.get_model_version_by_alias(self.target.name, self.target.alias))
+            if not ok:
+                raise ConnectionError(f"the tracking server {raw.tracking_uri} does not answer")
         except Exception as e:  # unreachable, locked, alias deleted: keep what we serve
             if self._registry_ok:
                 log.warning(f"cannot resolve {self.target} ({reason(e)}); still serving v{self.served.version}")

@@ -7,14 +7,16 @@ last checkpoint: it skips the epochs already in the store, so no epoch is
 logged twice.
 
 A tracking server that stops answering does not stop the training: the buffer
-is kept and sent once it is back (see ``runyard.tracking.outage``). Only before a
-checkpoint and at the end does the logger wait for it, up to ``retry_s`` after
-the first failed send; then the training fails.
+(and each epoch's files, such as the GAN's samples) is kept and sent once it is
+back (see ``runyard.tracking.outage``). Only before a checkpoint and at the end
+does the logger wait for it, up to ``retry_s`` after the first failed send; then
+the training fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ class MlflowEpochLogger(pl.Callback):
         self.flush_every_s, self.retry_s = flush_every_s, retry_s
         self._client: MlflowClient | None = None
         self._buffer: list[Metric] = []
+        self._artifacts: list[Path] = []  # each epoch's files (the GAN's samples) not sent yet
         self._last_flush = time.monotonic()
         self._failing_since: float | None = None  # first failed send of what is buffered
         self._logged_through = -1
@@ -71,14 +74,17 @@ class MlflowEpochLogger(pl.Callback):
         write = getattr(pl_module, "epoch_artifacts", None)
         if write is None:
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            write(epoch, Path(tmp))
-            self._client.log_artifacts(self.run_id, tmp)
+        # Kept until sent, like the metrics: a server that is down does not stop the training.
+        tmp = Path(tempfile.mkdtemp(prefix=f"runyard-epoch{epoch}-"))
+        write(epoch, tmp)
+        self._artifacts.append(tmp)
+        if self._failing_since is None:  # else the next flush sends them with the metrics
+            try_once(self._send_artifacts)
 
     def flush(self, wait: bool = True) -> None:
         """Send the buffer. ``wait=False``: one try, keeping the buffer if the server is
         down (failing once ``retry_s`` has passed); ``wait=True``: retry until then."""
-        if self._client is None or not self._buffer:
+        if self._client is None or not (self._buffer or self._artifacts):
             return
         self._last_flush = time.monotonic()
         if try_once(self._send)[0]:
@@ -89,7 +95,13 @@ class MlflowEpochLogger(pl.Callback):
         if wait or time.monotonic() >= deadline:
             retry_until(self._send, deadline, self._what(self._pending()))
 
+    def _send_artifacts(self) -> None:
+        while self._artifacts:
+            self._client.log_artifacts(self.run_id, str(self._artifacts[0]))
+            shutil.rmtree(self._artifacts.pop(0), ignore_errors=True)
+
     def _send(self) -> None:
+        self._send_artifacts()
         while self._buffer:
             self._client.log_batch(self.run_id, metrics=self._buffer[:1000])  # MLflow's limit
             del self._buffer[:1000]  # a retry resends only what is still missing

@@ -15,6 +15,11 @@ batch whose retries ran out. So runyard does its own, bounded by one setting,
   timestamps, so a batch sent twice (the answer lost, not the request) is stored
   once: the SQL store drops exact duplicates.
 - the driver ends the run with its final status the same way (``runs.tracked_run``).
+- every other call the driver makes (train, evaluate, register, a search's parent
+  and child runs, reproduce) goes through ``client.RetryingClient``: each call is
+  retried through an outage until ``retry_s`` after it started, then fails in one
+  line (``TrackingUnavailable``) naming the server and the setting. Writes are
+  idempotent, so a stage that failed is simply run again once the server is back.
 - when ``retry_s`` passes, the training fails in one line and the driver marks
   the run FAILED as soon as the server answers, waiting up to ``retry_s`` more;
   if it never does, the error says the run could not be closed.
@@ -26,6 +31,7 @@ runyard, not the HTTP layer, decides how long to wait.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,30 +70,45 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+_quick_lock = threading.Lock()
+_quick_depth = 0
+_quick_saved: dict[str, str | None] = {}
+
+
 @contextmanager
-def quick_requests() -> Iterator[None]:
+def quick_requests(timeout_s: float = ATTEMPT_TIMEOUT_S) -> Iterator[None]:
     """MLflow HTTP calls inside make one attempt with a short timeout.
 
-    MLflow reads these variables on every request. Only runyard's own retrying
-    calls run inside, one at a time: rank 0's logger, the driver's end of run.
-    """
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(ATTEMPT_TIMEOUT_S)
+    MLflow reads these variables on every request. They are process-wide, so nested or
+    concurrent users (the driver and a progress thread) share one setting: the first in
+    saves the environment, the last out restores it. ``timeout_s``: longer for uploads."""
+    global _quick_depth
+    with _quick_lock:
+        if _quick_depth == 0:
+            _quick_saved.clear()
+            _quick_saved.update({k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                                                 "MLFLOW_HTTP_REQUEST_TIMEOUT")})
+        _quick_depth += 1
+        current = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) if _quick_depth > 1 else 0.0
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(timeout_s, current)))
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _quick_lock:
+            _quick_depth -= 1
+            if _quick_depth == 0:
+                for k, v in _quick_saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
 
-def try_once(fn: Callable[[], T]) -> tuple[bool, T | None]:
+def try_once(fn: Callable[[], T], timeout_s: float = ATTEMPT_TIMEOUT_S) -> tuple[bool, T | None]:
     """(True, result), or (False, None) on a transient failure; other errors raise."""
     try:
-        with quick_requests():
+        with quick_requests(timeout_s):
             return True, fn()
     except Exception as e:
         if is_transient(e):
@@ -95,7 +116,7 @@ def try_once(fn: Callable[[], T]) -> tuple[bool, T | None]:
         raise
 
 
-def retry_until(fn: Callable[[], T], deadline: float, what: str) -> T:
+def retry_until(fn: Callable[[], T], deadline: float, what: str, timeout_s: float = ATTEMPT_TIMEOUT_S) -> T:
     """Call ``fn`` until it gets through or ``time.monotonic()`` passes ``deadline``.
 
     Waits 0.5 s after the first failure, doubling up to 4 s, so a server that
@@ -103,7 +124,7 @@ def retry_until(fn: Callable[[], T], deadline: float, what: str) -> T:
     """
     wait = 0.5
     while True:
-        ok, result = try_once(fn)
+        ok, result = try_once(fn, timeout_s)
         if ok:
             return result  # type: ignore[return-value]
         left = deadline - time.monotonic()

@@ -1,4 +1,8 @@
-"""Model registry: one registered model per experiment, alias moved only on improvement."""
+"""Model registry: one registered model per experiment, alias moved only on improvement.
+
+``register`` is idempotent, so a registration cut short (the tracking server went down
+between creating the version and moving the alias) is finished by running it again:
+the run's existing version is reused, never a second one created."""
 
 from __future__ import annotations
 
@@ -38,12 +42,25 @@ def register(
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"runyard experiment {name}")
-    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    # A logged model (models:/m-...) is named by its id too: a tracking server refuses the
-    # version otherwise ("the model_id request parameter must identify ..."); sqlite does not check.
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    mv = versions[0] if versions else client.create_model_version(name, model_uri, run_id, model_id=model_id)
+        try:
+            client.create_registered_model(name, description=f"runyard experiment {name}")
+        except MlflowException as e:
+            # Created meanwhile: by a parallel stage, or by our own attempt whose answer was lost.
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    query = f"name='{name}' and run_id='{run_id}'"
+    versions = client.search_model_versions(query)
+    if not versions:
+        # A logged model (models:/m-...) is named by its id too: a tracking server refuses the
+        # version otherwise ("the model_id request parameter must identify ..."); sqlite does not check.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        client.create_model_version(name, model_uri, run_id, model_id=model_id)
+        versions = client.search_model_versions(query)
+    # Oldest first: a retried create whose first answer was lost made a second version; drop it.
+    versions = sorted(versions, key=lambda v: int(v.version))
+    mv = versions[0]
+    for extra in versions[1:]:
+        client.delete_model_version(name, extra.version)
     client.set_model_version_tag(name, mv.version, metric, str(value))
 
     try:

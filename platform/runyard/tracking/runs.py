@@ -118,15 +118,19 @@ def tracked_run(
         # A signal between the run's creation and this function knowing its id would leave
         # it RUNNING, or worse: MLflow's exit hook ends an active run FINISHED. So Ctrl-C and
         # SIGTERM wait until the id is known, then arrive as usual.
+        # Both calls ride out a tracking server outage (a refused request created nothing).
         with signals_deferred():
             if resume_run_id:
-                run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
+                run = _retry(lambda: mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics),
+                             retry_s, f"reopening run {resume_run_id}")
             else:
-                run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                                       log_system_metrics=system_metrics)
+                run = _retry(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                                      log_system_metrics=system_metrics),
+                             retry_s, "starting the run")
             run_id = run.info.run_id
-            if not resume_run_id:
-                mlflow.log_params(flatten(params))
+        if not resume_run_id:
+            # Outside the deferral: the id is known, so Ctrl-C during a long wait ends the run KILLED.
+            _retry(lambda: mlflow.log_params(flatten(params)), retry_s, f"logging the params of run {run_id}")
         yield run_id
     except BaseException as e:
         if run_id is not None:  # else no run was created: nothing to end
@@ -134,6 +138,12 @@ def tracked_run(
         raise
     else:
         _end(run_id, "FINISHED", retry_s)
+
+
+def _retry(fn, retry_s: float, what: str):
+    return retry_until(fn, time.monotonic() + retry_s,
+                       f"{what}: the tracking server {mlflow.get_tracking_uri()} did not answer for "
+                       f"{retry_s:g} s (params.yaml: mlflow.retry_s)")
 
 
 def _end_after(run_id: str, e: BaseException, retry_s: float) -> None:

@@ -8,6 +8,10 @@ and skips epochs it already logged: one child per trial, no epoch twice. A trial
 after Tune last saved its state is unknown to the restored search, which asks
 its searcher for a new one instead: the forgotten trial's child is deleted
 (MLflow's soft delete), so the parent keeps exactly one child per trial.
+
+Every call goes through the driver's retrying client: a tracking server outage holds
+the callbacks (the trials go on) for up to ``mlflow.retry_s``. An epoch's batch keeps
+its timestamp across retries, so one whose first answer was lost is stored once.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 
 
 class ChildRuns(Callback):
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
-        self.client = MlflowClient(tracking_uri)
+    """``client``: the driver's ``RetryingClient`` (``Tracking.client``), so every write rides
+    out a tracking server outage while the trials go on; or a tracking URI (no retries)."""
+
+    def __init__(self, client, experiment_id: str, parent_run_id: str, max_epochs: int):
+        self.client = MlflowClient(client) if isinstance(client, str) else client
         self.experiment_id, self.parent, self.max_epochs = experiment_id, parent_run_id, max_epochs
         self.runs: dict[str, str] = {}
         self.logged_through: dict[str, int] = {}

@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import torch
+from mlflow.entities import Metric
 
 from runyard import tasks
 from runyard.config import Experiment
@@ -79,21 +81,24 @@ def record_sweep(project, exp: Experiment, info: DatasetInfo, splits: Splits, se
     rows = score_trials(exp, info, splits, seed, grid)
     if not rows:
         return
+    now = int(time.time() * 1000)  # one timestamp for every attempt: a retried batch is stored once
     for row in rows:
         run_id = children.runs.get(row["trial_id"])
         if run_id is not None:
+            scores = []
             for key, value in row.items():
                 split, _, kind = key.partition("/")
                 if kind:
                     name = f"test/{kind}" if split == "test" else f"sweep/{split}_{kind}"
-                    children.client.log_metric(run_id, name, value)
+                    scores.append(Metric(name, float(value), now, 0))
+            children.client.log_batch(run_id, metrics=scores)
     kind = exp.optimized_metric.partition("/")[2]
     kind = kind if f"test/{kind}" in rows[0] else next(k.partition("/")[2] for k in rows[0] if k.startswith("test/"))
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         write_records(rows, staging / "sweep.csv")
         plot(exp, rows, kind, staging / "sweep.png")
-        mlflow.log_artifacts(str(staging), "sweep")
+        children.client.log_artifacts(children.parent, str(staging), "sweep")
         out = project.root / "plots" / "tune" / exp.name
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(staging, out)
@@ -212,10 +217,11 @@ def plot_trials(rows: list[dict[str, Any]], keys: list[str], metric: str, mode: 
     return names
 
 
-def record_trials(project, exp: Experiment, grid) -> Path | None:
+def record_trials(project, exp: Experiment, grid, client=None, run_id: str | None = None) -> Path | None:
     """The search's trials (searched values vs the optimized metric) as ``trials.csv`` and the
-    parallel-coordinates ``trials.png``: to the parent run (active) under ``search/`` and to
-    plots/tune/<exp>/. None when no trial reported the metric."""
+    parallel-coordinates ``trials.png``: to the parent run under ``search/`` and to
+    plots/tune/<exp>/. None when no trial reported the metric. ``client`` and ``run_id``: the
+    driver's (retrying) client and the parent run; without them, the active run."""
     rows = trial_rows(exp, grid)
     if not rows:
         return None
@@ -224,7 +230,10 @@ def record_trials(project, exp: Experiment, grid) -> Path | None:
         write_records(rows, staging / "trials.csv")
         plot_trials(rows, list(exp.search.space), exp.optimized_metric, exp.optimized_mode, exp.name,
                     staging / "trials.png")
-        mlflow.log_artifacts(str(staging), "search")
+        if client is None:
+            mlflow.log_artifacts(str(staging), "search")
+        else:
+            client.log_artifacts(run_id, str(staging), "search")
         out = project.root / "plots" / "tune" / exp.name
         out.mkdir(parents=True, exist_ok=True)
         for f in staging.iterdir():
