@@ -35,3 +35,61 @@ def test_other_errors_are_not_retried():
     assert not is_transient(ValueError("x"))
     with pytest.raises(ValueError):
         retry_until(bad, time.monotonic() + 60, "anything")
+
+
+def test_the_retrying_client_retries_every_call_then_fails_in_one_line():
+    from runyard.tracking.client import RetryingClient
+
+    url = f"http://127.0.0.1:{free_port()}"
+    client = RetryingClient(MlflowClient(url), retry_s=1.5)
+    assert client.tracking_uri == url  # attributes are the client's own
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable) as failed:
+        client.log_metric("0" * 32, "val/acc", 0.5)
+    took = time.monotonic() - start
+    assert 1.2 < took < 5, took
+    line = str(failed.value)
+    assert "\n" not in line and line.startswith("log_metric: ") and url in line, line
+    assert "params.yaml: mlflow.retry_s" in line, line
+
+
+def test_the_retrying_client_passes_other_errors_at_once(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from runyard.tracking.client import RetryingClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = RetryingClient(MlflowClient(uri), retry_s=60)
+    start = time.monotonic()
+    with pytest.raises(MlflowException):
+        client.get_run("0" * 32)  # no such run: an answer, not an outage
+    assert time.monotonic() - start < 10
+
+
+def test_nested_and_concurrent_quick_requests_restore_the_environment(monkeypatch):
+    import os
+    import threading
+
+    from runyard.tracking.outage import quick_requests
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other():
+        with quick_requests():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait(10)
+    with quick_requests(120):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
+        leave.set()
+        t.join(10)
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # still inside ours
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
