@@ -225,6 +225,9 @@ class Search(Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 3
     perturbation_interval: PositiveInt = 2
     """PBT: epochs between exploit/explore steps."""
+    max_failures: Annotated[int, Field(ge=0)] = 2
+    """Times a trial restarts from its last epoch's checkpoint after it failed (its process
+    or the node it ran on died); a trial's own error repeats as often. 0: it ends errored."""
     space: dict[str, Domain] = Field(min_length=1)
 
     @model_validator(mode="after")
