@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 import ray
 import torch
+from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
@@ -31,6 +32,7 @@ from runyard.errors import RunyardError
 from runyard.models import build_model, model_inputs
 from runyard.progress import console, interactive, status
 from runyard.tracking import cost
+from runyard.tracking.client import RetryingClient
 from runyard.tracking.models import log_pytorch_model
 from runyard.tuning import adapter
 from runyard.tuning.children import OUTCOME_TAG
@@ -133,17 +135,23 @@ def finish(project, exp: Experiment, info, splits, seed: int, grid, parent: str,
         with torch.no_grad():
             return net(torch.from_numpy(model_inputs(net, x))).numpy()
 
+    # Through the children's client: the driver's, retried through a tracking server outage.
+    client = children.client
     with tempfile.TemporaryDirectory() as staging:
         test = tasks.get(info.task).evaluate(exp.name, info, splits, predict(splits.x_test), Path(staging), predict)
-        mlflow.log_artifacts(staging, "evaluation")
+        client.log_artifacts(parent, staging, "evaluation")
     record_sweep(project, exp, info, splits, seed, grid, children)
-    record_trials(project, exp, grid)
+    record_trials(project, exp, grid, client=client, run_id=parent)
     spent = log_trial_costs(exp, grid, children)
-    mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()})
-    mlflow.log_metrics({metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
-                        "search/trials": len(outcomes), **spent})
-    mlflow.set_tag("runyard.best_trial", best.metrics.get("trial_id", ""))
-    model_uri = log_pytorch_model(net, splits.x_test[:5])
+    best_params = {f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()}
+    values = {metric: best.metrics[metric], **test, **{f"search/{k}": v for k, v in counts.items()},
+              "search/trials": len(outcomes), **spent}
+    now = int(time.time() * 1000)  # one timestamp for every attempt: a retried batch is stored once
+    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
+                     params=[Param(k, str(v)) for k, v in best_params.items()],
+                     tags=[RunTag("runyard.best_trial", str(best.metrics.get("trial_id", "")))])
+    retried = client if isinstance(client, RetryingClient) else None
+    model_uri = log_pytorch_model(net, splits.x_test[:5], tracking=retried)
     return {"experiment": exp.name, "parent_run_id": parent, "metric": metric, "best_value": best.metrics[metric],
             "best_config": config, "best_trial": best.metrics.get("trial_id"), "test": test,
             "trials": len(outcomes), **counts, "model_uri": model_uri}
@@ -161,8 +169,8 @@ def log_trial_costs(exp: Experiment, grid, children) -> dict[str, float]:
         spent.append(trial)
         run_id = children.runs.get(metrics.get("trial_id"))
         if run_id is not None:
-            for key, value in trial.items():
-                children.client.log_metric(run_id, key, value)
+            now = int(time.time() * 1000)
+            children.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in trial.items()])
     return cost.total(spent)
 
 
