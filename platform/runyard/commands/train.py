@@ -66,7 +66,8 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
         "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
     }
     retry_s = tracking.retry_s
-    with tracking.run(exp, name, run_params, address, init_tags, resume_run_id=resume_id) as run_id:
+    tags = {**init_tags, DETERMINISTIC_TAG: deterministic(params.ray)}
+    with tracking.run(exp, name, run_params, address, tags, resume_run_id=resume_id) as run_id:
         if resume_id is None:
             tracking.retry(lambda: log_dataset_input(project, exp.dataset, splits), "logging the dataset input")
         if exp.cv:
@@ -99,6 +100,21 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
         )
     discard_storage(storage, name, run_id)
     return run_id
+
+
+DETERMINISTIC_TAG = "runyard.deterministic"
+"""Whether a rerun with the same seed on this machine gives bit-identical weights and
+metrics (tests/integration/test_determinism.py checks it on CPU): ``true``, or
+``false (why)``."""
+
+
+def deterministic(ray_params) -> str:
+    """The ``runyard.deterministic`` tag of a deep training with these Ray settings."""
+    if not ray_params.use_gpu:
+        return "true"  # CPU kernels, seeded data order, dropout and augmentation
+    # Ray Train workers leave cuDNN autotuning and torch's nondeterministic CUDA kernels
+    # (atomic adds in scatter/index_add and many backward passes) on.
+    return "false (GPU: cuDNN and CUDA kernels without torch.use_deterministic_algorithms)"
 
 
 def _cross_validate(client, run_id: str, exp: Experiment, info, splits, params) -> None:
