@@ -260,6 +260,32 @@ def cluster_down():
     typer.echo(f"cluster down: stopped {count} processes")
 
 
+local_app = typer.Typer(
+    help="The project's warm local Ray: with ray.address null every stage and command shares one "
+    "Ray on 127.0.0.1 (started on demand, stopped after ray.local_idle_s idle seconds).\n\n"
+    "Example: runyard local status; runyard local down",
+    no_args_is_help=True,
+)
+app.add_typer(local_app, name="local")
+
+
+@local_app.command("status")
+def local_status():
+    """Whether the project's local Ray is up, its address and processes. Example: runyard local status"""
+    from runyard.execution import local_ray
+
+    typer.echo(local_ray.describe(_state_dir()))
+
+
+@local_app.command("down")
+def local_down():
+    """Stop the project's local Ray and its warm trainer now (their processes only). Example: runyard local down"""
+    from runyard.execution import local_ray
+
+    count = local_ray.down(_state_dir())
+    typer.echo("local Ray: none was up" if count is None else f"local Ray down: stopped {count} processes")
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     entrypoint: list[str] = typer.Argument(..., help="The command the job runs, after `--`."),

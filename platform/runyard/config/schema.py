@@ -47,6 +47,10 @@ class RayParams(Strict):
     storage_path: str | None = None
     """Where Ray Train persists checkpoints; None: .runyard/ray in the project.
     On a multi-node cluster this must be shared storage (NFS path or s3://)."""
+    local_idle_s: Annotated[float, Field(ge=0)] = 600
+    """With ``address: null``: seconds the project's shared local Ray (and its warm
+    training process) stays up with no runyard command using it; `runyard local down`
+    stops it at once. 0: no shared Ray, a private one per command (slower)."""
 
 
 class MlflowParams(Strict):

@@ -22,12 +22,8 @@ exactly the processes in those sessions or naming that directory. It never runs
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +33,16 @@ from pathlib import Path
 from rich.table import Table
 
 from runyard.errors import RunyardError, summary_line
-from runyard.execution import jobs
-from runyard.execution.ray_auth import auth_headers, auth_token, explicit_address
+from runyard.execution.nodes import (  # noqa: F401  (names of this module's API)
+    _ensure_token,
+    _node_env,
+    _processes,
+    _terminate,
+    _wait_gone,
+    free_ports,
+    ray_binary,
+)
+from runyard.execution.ray_auth import auth_headers, explicit_address
 from runyard.progress import report_console
 
 STATE_FILE = "cluster.json"
@@ -48,15 +52,6 @@ NODE_PORTS = (
     "dashboard_agent_grpc_port", "runtime_env_agent_port", "metrics_export_port",
 )
 START_TIMEOUT_S = 120.0
-
-
-def ray_binary() -> str:
-    """The `ray` next to this Python (the same Ray as the client), else the one on PATH."""
-    here = Path(sys.executable).parent / "ray"
-    found = str(here) if here.is_file() else shutil.which("ray")
-    if not found:
-        raise RunyardError("cluster: the `ray` command is not installed (pip install 'ray[default]')")
-    return found
 
 
 # --------------------------------------------------------------------------- state
@@ -101,33 +96,6 @@ def resolve_address(address: str | None, project_root: Path) -> str:
     return found
 
 
-def _processes(state: dict, nodes: list[dict] | None = None) -> list:
-    """Live processes of this cluster (or of some of its nodes).
-
-    Each node's `ray start` ran as the leader of a new session, and the node's
-    daemons and workers stay in it (some rename themselves, e.g. ray::DashboardAgent,
-    so their command lines do not say whose they are). A process whose command line
-    names the cluster's private temp dir is ours too.
-    """
-    import psutil
-
-    nodes = state["nodes"] if nodes is None else nodes
-    sessions = {n["session"] for n in nodes if n.get("session")}
-    markers = [n["temp_dir"].rstrip("/") + "/" for n in nodes]
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            args = proc.info["cmdline"] or ()
-            in_session = os.getsid(proc.pid) in sessions and any("ray" in a for a in args)
-            if in_session or any(m in a or a.endswith("=" + m[:-1]) for m in markers for a in args):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def is_up(state: dict) -> bool:
     return bool(_processes(state))
 
@@ -144,45 +112,6 @@ def node_ip(index: int) -> str:
     addresses are left alone.
     """
     return f"127.0.0.{index + 2}"
-
-
-def free_ports(n: int, host: str) -> list[int]:
-    """n distinct free ports on ``host`` (held together while choosing, so no duplicates)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _node_env(head: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(
-        RAY_AUTH_MODE="token",
-        # 0 keeps Ray's guesses of "this machine's address" on loopback, but also
-        # forbids `ray start --address` (joining a cluster): workers need 1. Their
-        # explicit loopback --node-ip-address (see node_ip) keeps them on loopback.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0" if head else "1",
-        RAY_USAGE_STATS_ENABLED="0",
-        # Job entrypoints inherit the node's environment: `python`, `runyard` and
-        # `dvc` must be this installation's.
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
-    return env
-
-
-def _ensure_token(ray: str, env: dict[str, str]) -> None:
-    """`ray start` with RAY_AUTH_MODE=token refuses to start without a token: make one once."""
-    if auth_token():
-        return
-    done = subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
-    if done.returncode != 0 or not auth_token():
-        raise RunyardError(f"cluster up: could not create a Ray auth token: {summary_line(done.stderr)}")
 
 
 def _node_args(index: int, cpus: int, object_store_mb: int, temp_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -417,52 +346,13 @@ def down(state_dir: Path = Path(".runyard"), grace_s: float = 5.0) -> int:
     state = _require(state_dir)
     procs = _processes(state)
     if procs:
+        from runyard.execution import jobs  # here: the local Ray's watchdog imports this module too
+
         jobs.stop_running(state["dashboard_url"])
         procs = _processes(state)
     _terminate(procs, grace_s)
     _discard(state_dir, state)
     return len(procs)
-
-
-def _terminate(procs: list, grace_s: float = 5.0) -> None:
-    """SIGTERM in Ray's own order (raylets, then the rest, then the GCS), SIGKILL after a grace period."""
-    import psutil
-
-    def name(p) -> str:
-        with contextlib.suppress(psutil.Error):
-            return " ".join(p.info.get("cmdline") or p.cmdline())
-        return ""
-
-    buckets = [[p for p in procs if "raylet/raylet" in name(p)],
-               [p for p in procs if "raylet/raylet" not in name(p) and "gcs_server" not in name(p)],
-               [p for p in procs if "gcs_server" in name(p)]]
-    for bucket in buckets:
-        for p in bucket:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGTERM)
-        left = _wait_gone(bucket, grace_s)
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        _wait_gone(left, 5.0)
-
-
-def _wait_gone(procs: list, timeout_s: float) -> list:
-    """Poll until the processes are gone (a zombie counts as gone); return those still alive."""
-    import psutil
-
-    def alive(p) -> bool:
-        try:
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    deadline = time.monotonic() + timeout_s
-    left = [p for p in procs if alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [p for p in left if alive(p)]
-    return left
 
 
 def _discard(state_dir: Path, state: dict) -> None:

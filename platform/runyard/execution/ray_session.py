@@ -99,10 +99,15 @@ def connect(ray_params: RayParams, where: str, need: RayParams | None = None, ne
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == LOCAL:
         # CPUs and GPUs only: a local Ray's other resources (memory) are known once it runs.
-        check_resources(need.model_copy(update={"resources_per_worker": {}}), need_where, local_resources())
-        env = forwarded_env(code)
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 runtime_env={"py_modules": env["py_modules"]} if env and "py_modules" in env else None, **quiet)
+        have = local_resources()
+        check_resources(need.model_copy(update={"resources_per_worker": {}}), need_where, have)
+        if ray_params.local_idle_s > 0:
+            _connect_shared(ray_params, code, have, quiet)
+        else:  # a private Ray for this process only (local_idle_s: 0)
+            env = forwarded_env(code)
+            ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                     runtime_env={"py_modules": env["py_modules"]} if env and "py_modules" in env else None,
+                     **quiet)
     else:
         _check_reachable(address, where)
         try:
@@ -112,6 +117,49 @@ def connect(ray_params: RayParams, where: str, need: RayParams | None = None, ne
             raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None
     check_resources(need, need_where)
     return address
+
+
+_shared: str | None = None
+"""The GCS address of the project's warm local Ray this process is connected to, if any."""
+
+
+def shared_local() -> str | None:
+    """The project's warm local Ray this process uses (see ``execution.local_ray``), if any."""
+    import ray
+
+    return _shared if _shared and ray.is_initialized() else None
+
+
+def _connect_shared(ray_params: RayParams, code: tuple[str, ...], have: dict[str, float], quiet: dict) -> None:
+    """Connect to the project's warm local Ray, starting it if none runs (``execution.local_ray``)."""
+    import ray
+
+    from runyard.execution import local_ray
+
+    global _shared
+    state_dir = local_ray.state_dir_for()
+    address = local_ray.ensure(state_dir, ray_params.local_idle_s, have["CPU"], have["GPU"])
+    local_ray.register_client(state_dir)
+    # The head was started by another process: its workers do not inherit this one's
+    # environment, so MLflow's credentials travel as they do to a cluster.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray read its config (the auth mode among it) when it was imported: read it again.
+    from ray._raylet import Config
+
+    Config.initialize("")
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        # Read when Ray is imported: a late setting must still keep 127.0.0.1 from being
+        # rewritten to this machine's outside address.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address=address, runtime_env=forwarded_env(code), **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunyardError(f"local Ray at {address}: cannot connect: {first}; "
+                           "stop it with `runyard local down` and run again") from None
+    _shared = address
 
 
 def local_resources() -> dict[str, float]:

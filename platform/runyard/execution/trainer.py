@@ -53,6 +53,23 @@ def fit(
     """
     import ray
 
+    from runyard.execution import warm
+    from runyard.models import user_code_paths
+
+    local_storage = "://" not in str(storage_path)
+    if local_storage and warm.eligible(ray_params, user_code_paths(exp.model_name)):
+        cfg = {
+            "experiment": exp.model_dump(mode="json", by_alias=True), "dataset_info": info.as_config(),
+            "data_ref": ray.put(splits), "seed": seed, "cpus_per_worker": ray_params.cpus_per_worker,
+            "use_gpu": False, "tracking_uri": tracking_uri, "run_id": run_id, "flush_every_s": flush_every_s,
+            "retry_s": retry_s, "checkpoint_every": ray_params.checkpoint_every,
+            "init_ref": None if init_state is None else ray.put(init_state),
+        }
+        storage_dir = str(Path(str(storage_path)).resolve() / f"{exp.name}-{run_id}")
+        result = warm.fit_warm(cfg, ray_params.cpus_per_worker, storage_dir)
+        if result is not None:
+            return FitResult(result["state"], result["metrics"])
+        # The warm trainer is busy with another command's training: this one takes Ray Train.
     trainer = torch_trainer(
         exp, info, ray.put(splits), ray_params, seed=seed, name=f"{exp.name}-{run_id}",
         storage_path=storage_path,
