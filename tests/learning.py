@@ -51,7 +51,8 @@ def fit_tiny(exp: Experiment, info: DatasetInfo, splits: Splits, *, callbacks: S
     quiet_lightning()
     pl.seed_everything(seed, verbose=False)
     system = build_system(exp, info.as_config(), init_state)
-    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=seed, augment=exp.recipe.augment)
+    data = SplitsDataModule(splits, exp.recipe.batch_size, seed=seed, augment=exp.recipe.augment,
+                            shuffle=exp.recipe.shuffle)
     before: dict[str, float] = {}
     if untrained:
         check = build_trainer(exp, [], accelerator="cpu", devices=1)

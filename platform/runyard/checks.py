@@ -38,41 +38,17 @@ _checking: list[str] = []
 # --------------------------------------------------------------------------- params.yaml
 
 
-FILES_KEY = "files"
-"""params.yaml's section of datasets read from the user's files: name -> ``runyard.data.files.Args``.
-
-A section of its own (not ``datasets:``) so that dvc.yaml's ``prepare_files`` stages can
-list each one's ``source`` as a dependency."""
-
-
-def take_files(raw: Any, where: str) -> dict[str, dict[str, Any]]:
-    """Remove params.yaml's ``files:`` from ``raw`` (before the schema sees it); check its shape."""
-    if not isinstance(raw, dict) or FILES_KEY not in raw:
-        return {}
-    files = raw.pop(FILES_KEY)
-    if files is None:
-        return {}
-    if not isinstance(files, dict):
-        raise RunyardError(f"{where}: {FILES_KEY}: must be a mapping dataset name -> its source and "
-                           f"arguments (got {type(files).__name__})")
-    for name, args in files.items():
-        if not isinstance(args, dict):
-            raise RunyardError(f"{where}: {FILES_KEY}.{name}: must be a mapping with source: and the "
-                               f"keys that read it (got {type(args).__name__})")
-    return files
-
-
 def check_params(project, params) -> None:
     """Every dataset and experiment params.yaml names exists."""
     where = project.rel(project.params_file)
     for name, args in params.datasets.items():
         dataset_params(name, args, where=f"{where}: datasets.{name}")
-    for name, args in project._files.items():
+    for name, args in params.files.items():
         if name in params.datasets:
-            raise RunyardError(f"{where}: {FILES_KEY}.{name}: also under datasets:; a dataset is one or the "
+            raise RunyardError(f"{where}: files.{name}: also under datasets:; a dataset is one or the "
                                f"other (both would write data/{name})")
-        dataset_params(name, args, where=f"{where}: {FILES_KEY}.{name}", files=True)
-    known = [*DATASETS, *params.datasets, *project._files]
+        dataset_params(name, args, where=f"{where}: files.{name}", files=True)
+    known = [*DATASETS, *params.datasets, *params.files]
     for section, mapping in params.dataset_maps().items():
         for exp, ds in mapping.items():
             if not project.pipeline_file(exp).is_file():

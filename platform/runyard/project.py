@@ -72,7 +72,6 @@ class Project:
     def params(self) -> Params:
         where = self.rel(self.params_file)
         raw = env_settings(read_yaml(self.params_file, where))
-        self._files = checks.take_files(raw, where)
         params = validate(Params, raw, where)
         checks.check_params(self, params)
         return params
@@ -80,8 +79,7 @@ class Project:
     @property
     def files(self) -> dict[str, dict[str, Any]]:
         """params.yaml's ``files:``: the datasets read from the user's files, name -> arguments."""
-        _ = self.params
-        return self._files
+        return self.params.files
 
     def dataset_names(self) -> list[str]:
         """Every dataset an experiment may name: the built-in ones, and params.yaml's."""

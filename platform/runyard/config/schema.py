@@ -91,6 +91,11 @@ class Params(Strict):
     tune: TuneParams = TuneParams()
     datasets: dict[str, dict[str, Any]] = {}
     """Per-dataset builder arguments, validated by the builder's own model."""
+    files: dict[str, dict[str, Any]] = {}
+    """Datasets read from your own files (CSV, Parquet, image folders, NumPy arrays): name ->
+    ``source:`` (a file or folder DVC tracks) and the keys that read it
+    (``runyard.data.files.Args``). A section of its own so that dvc.yaml's ``prepare_files``
+    stages list each ``source`` as a dependency."""
     experiments: dict[str, str] = {}
     """The experiments ``dvc repro`` runs: experiment name -> the dataset it reads."""
     searches: dict[str, str] = {}
@@ -157,6 +162,9 @@ class Recipe(Strict):
     """L1 penalty on weights, added to the loss."""
     batch_size: PositiveInt = 100
     """Global batch size: split across Ray workers, so results do not change with N."""
+    shuffle: bool = True
+    """Draw the training batches in a new random order every epoch; false: in the data's
+    order, the same every epoch (the MNIST-1D paper's training loop)."""
     epochs: PositiveInt | None = None
     steps: PositiveInt | None = None
     schedule: Schedule = Schedule()

@@ -71,10 +71,12 @@ class SplitsDataModule(pl.LightningDataModule):
     """Train/val/test loaders over prepared splits; ``batch_size`` is per rank.
 
     ``augment`` (a recipe's ``Augment``, or None) applies to the training batches only.
+    ``shuffle``: a new order of the training samples every epoch; False: the data's own
+    order, every epoch alike (the MNIST-1D paper's training loop).
     """
 
     def __init__(self, splits, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 augment=None):
+                 augment=None, shuffle: bool = True):
         super().__init__()
         # Copies: arrays from Ray's object store are read-only views.
         self.tensors = {name: torch.tensor(arr) for name, arr in splits.arrays().items()}
@@ -82,7 +84,7 @@ class SplitsDataModule(pl.LightningDataModule):
         self.rank, self.world_size = rank, world_size
         self._train = TensorBatches(
             self.tensors["x_train"], self.tensors["y_train"], batch_size,
-            shuffle=True, seed=seed, rank=rank, world_size=world_size, augment=augment,
+            shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, augment=augment,
         )
 
     def train_dataloader(self):

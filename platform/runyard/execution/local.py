@@ -31,6 +31,6 @@ def fit_local(
     system = build_system(exp, info.as_config(), init_state)
     trainer = build_trainer(exp, list(callbacks), accelerator="cpu", devices=1)
     data = SplitsDataModule(training_split(splits, exp.recipe, seed, info.num_outputs), exp.recipe.batch_size,
-                            seed, augment=exp.recipe.augment)
+                            seed, augment=exp.recipe.augment, shuffle=exp.recipe.shuffle)
     trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     return trainer
