@@ -1,12 +1,14 @@
 """`runyard bench`: what orchestration costs, measured side by side in one process.
 
-Five ways to train the same model on the same data:
+Six ways to train the same model on the same data:
   (a) a plain PyTorch loop (the baseline every ratio is against),
   (b) plain Lightning, same system and data module, no Ray,
   (c) runyard through Ray Train with 1 worker holding every CPU,
   (d) runyard through Ray Train with 2 workers (DDP over gloo),
   (e) native DDP: the plain loop in 2 processes (torch.distributed, gloo), no Ray:
-      the baseline for (d), as Ray's own gate compares Ray Train with native DDP.
+      the baseline for (d), as Ray's own gate compares Ray Train with native DDP,
+  (w) runyard with 1 worker on the project's warm local Ray and warm trainer
+      (``execution.warm``: no Ray Train processes, torch and Lightning imported once).
 Every variant validates once per epoch, like runyard does.
 
 One run of a variant on a small shared machine can be off by 3x, so a single number
@@ -15,7 +17,7 @@ means little. The bench therefore
     holds CPUs; (d)'s workers and (e)'s processes each on that count / 2;
   - warms up: one untimed 1-epoch run of every variant first (imports, Ray's start,
     the page cache), and the time per epoch leaves out each run's first epoch;
-  - repeats every variant, interleaved (a b c d e a b c d e ...), so that no variant
+  - repeats every variant, interleaved (a b c d e w a b c d e w ...), so that no variant
     always runs first or right after the same neighbour;
   - reports the best and the median of the repeats and their spread,
     (max - min) / median; a variant whose spread exceeds ``SPREAD_LIMIT`` is flagged.
@@ -297,8 +299,10 @@ def _ddp_rank(rank: int, world: int, port: int, exp: Experiment, splits, threads
     dist.destroy_process_group()
 
 
-def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Path, cpus: int) -> Timing:
-    """The real runyard path: Ray Train workers, rank-0 MLflow logging, final checkpoint.
+def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Path, cpus: int,
+                warm: bool = False) -> Timing:
+    """The real runyard path: Ray Train workers, rank-0 MLflow logging, final checkpoint;
+    ``warm``: 1 worker on the project's warm trainer instead (``execution.warm``).
 
     Each worker sets torch's threads to the CPUs it holds (``cpus // workers``)."""
     import mlflow
@@ -316,7 +320,7 @@ def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Pat
         exp.name, artifact_location=(store / "artifacts").as_uri())
     run_id = client.create_run(exp_id, run_name=f"{workers}w").info.run_id
     result = fit(exp, dataset_info("mnist1d"), splits, ray_params, seed=0, tracking_uri=uri,
-                 run_id=run_id, storage_path=store / "ray")
+                 run_id=run_id, storage_path=store / "ray", warm=warm)
     client.set_terminated(run_id)
     t_end = time.time()
     m = result.metrics
@@ -327,6 +331,8 @@ def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Pat
         n = exp.recipe.epochs
         ends = [m["fit_start"] + (m["fit_end"] - m["fit_start"]) * (i + 1) / n for i in range(n)]
     variant = f"{'c' if workers == 1 else 'd'} runyard {workers} worker{'s' if workers > 1 else ''}"
+    if warm:
+        variant = "w runyard 1 worker, warm trainer"
     return _timing(workload, variant, t0, m["fit_start"], ends, t_end, len(splits.y_train),
                    float(m["val/acc"]), int(ray_params.cpus_per_worker))
 
@@ -335,7 +341,7 @@ def runyard_ray(workload: str, exp: Experiment, splits, workers: int, store: Pat
 
 
 def variants(cpus: int, store: Path) -> list[Callable[[str, Experiment, Any], Timing]]:
-    """(a)-(e), each pinned: (a) (b) (c) on ``cpus`` threads, (d) (e) on ``cpus // 2`` per process."""
+    """(a)-(e) and (w), each pinned: (a) (b) (c) (w) on ``cpus`` threads, (d) (e) on ``cpus // 2`` per process."""
     half = max(1, cpus // 2)
     return [
         lambda w, e, s: plain_loop(w, e, s, threads=cpus),
@@ -343,6 +349,7 @@ def variants(cpus: int, store: Path) -> list[Callable[[str, Experiment, Any], Ti
         lambda w, e, s: runyard_ray(w, e, s, 1, store, cpus),
         lambda w, e, s: runyard_ray(w, e, s, 2, store, cpus),
         lambda w, e, s: native_ddp(w, e, s, workers=2, threads=half),
+        lambda w, e, s: runyard_ray(w, e, s, 1, store, cpus, warm=True),
     ]
 
 
@@ -373,14 +380,18 @@ def targets(rows: list[dict], warmups: list[Timing]) -> list[dict[str, Any]]:
 
     out = []
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        a, c, d, e = (row(workload, p) for p in ("a ", "c ", "d ", "e "))
+        a, c, d, e, w = (row(workload, p) for p in ("a ", "c ", "d ", "e ", "w "))
         if workload == "reference" and a and c:
             goal = "reference workload, 1 worker, warm: wall <= 1.3x the plain loop's wall + 5 s"
             limit = {m: 1.3 * a["wall_s"][m] + 5 for m in ("best", "median")}
-            out.append({"goal": goal, "path": "warm (warm Ray and warm workers)", "measured": None,
-                        "limit_s": limit, "met": None,
-                        "note": "warm path: not yet (every training starts its own Ray Train workers)"})
-            out.append({"goal": goal, "path": "Ray up, workers started by the training (the timed repeats)",
+            if w:
+                out.append({"goal": goal, "path": "warm (the project's local Ray and its warm trainer)",
+                            "measured": {m: w["wall_s"][m] for m in ("best", "median")}, "limit_s": limit,
+                            "met": w["wall_s"]["median"] <= limit["median"]})
+            else:  # a run without variant (w)
+                out.append({"goal": goal, "path": "warm (warm Ray and warm workers)", "measured": None,
+                            "limit_s": limit, "met": None, "note": "warm path: not yet measured (no variant w)"})
+            out.append({"goal": goal, "path": "Ray up, Ray Train workers started by the training (the timed repeats)",
                         "measured": {m: c["wall_s"][m] for m in ("best", "median")}, "limit_s": limit,
                         "met": c["wall_s"]["median"] <= limit["median"]})
             # The first runyard warm-up of the process started Ray and imported Ray Train: a cold start-up.
@@ -409,7 +420,7 @@ PIPELINE_EFFICIENCY_NOTE = (
 
 def run(workloads: list[str], out: Path, console, repeat: int | None = None, warmup: bool = True,
         spread_limit: float = SPREAD_LIMIT) -> dict[str, Any]:
-    """Time (a)-(e) on each workload, print the tables and the goals, write ``out``.
+    """Time (a)-(e) and (w) on each workload, print the tables and the goals, write ``out``.
 
     ``repeat``: timed runs of every variant (default: ``DEFAULT_REPEAT`` of the workload);
     ``warmup``: one untimed 1-epoch run of every variant first; ``spread_limit``: the spread,
@@ -423,7 +434,7 @@ def run(workloads: list[str], out: Path, console, repeat: int | None = None, war
     with tempfile.TemporaryDirectory() as tmp:
         runs = variants(cpus, Path(tmp))
         for workload in workloads:
-            console.print(f"[bold]{workload}[/bold]: generating data; {repeats[workload]} round(s) of a-e"
+            console.print(f"[bold]{workload}[/bold]: generating data; {repeats[workload]} round(s) of a-e, w"
                           f"{' after a warm-up' if warmup else ''}")
             exp, splits = experiment(workload)
             timings += measure(workload, exp, splits, runs, repeats[workload], warmup, console.print)
@@ -434,14 +445,15 @@ def run(workloads: list[str], out: Path, console, repeat: int | None = None, war
     for workload in workloads:
         console.print(_table(workload, [r for r in rows if r["workload"] == workload], spread_limit))
     console.print(f"torch threads: (a) (b) (c) {cpus}, (d) (e) {max(1, cpus // 2)} per process ({cpus} CPUs "
-                  "as Ray counts them); order a b c d e per round; s/epoch leaves out each run's first epoch; "
+                  "as Ray counts them); order a b c d e w per round; s/epoch leaves out each run's first epoch; "
                   f"spread = (max - min) / median, flagged above {spread_limit:.0%}")
     console.print(_goal_table(goals))
     console.print(PIPELINE_EFFICIENCY_NOTE)
     report = {
-        "cpus": cpus, "threads": {"a": cpus, "b": cpus, "c": cpus, "d": max(1, cpus // 2), "e": max(1, cpus // 2)},
+        "cpus": cpus,
+        "threads": {"a": cpus, "b": cpus, "c": cpus, "d": max(1, cpus // 2), "e": max(1, cpus // 2), "w": cpus},
         "repeat": repeats, "warmup_epochs": WARMUP_EPOCHS if warmup else 0, "spread_limit": spread_limit,
-        "order": "a b c d e, once per round", "summary": rows, "targets": goals,
+        "order": "a b c d e w, once per round", "summary": rows, "targets": goals,
         "pipeline_efficiency": None, "pipeline_efficiency_note": PIPELINE_EFFICIENCY_NOTE,
         "warmup": [asdict(t) for t in warmups], "repeats": [asdict(t) for t in timings if t.round >= 0],
     }

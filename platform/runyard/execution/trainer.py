@@ -42,6 +42,7 @@ def fit(
     flush_every_s: float = 5.0,
     retry_s: float = 120.0,
     init_state: dict[str, torch.Tensor] | None = None,
+    warm: bool = True,
 ) -> FitResult:
     """Train ``exp`` on Ray Train workers; rank 0 logs epochs to MLflow run ``run_id``.
 
@@ -49,15 +50,16 @@ def fit(
     ``run_id`` (``--resume``) continues from that run's last checkpoint. A tracking
     server that stays down longer than ``retry_s`` fails the training in one line.
     ``init_state``: weights the model starts from (a pipeline's ``init:``), shipped
-    once through the object store.
+    once through the object store. ``warm``: a 1-worker training on the project's local
+    Ray runs on its warm trainer (``execution.warm``); False: always Ray Train.
     """
     import ray
 
-    from runyard.execution import warm
+    from runyard.execution import warm as warm_trainer
     from runyard.models import user_code_paths
 
     local_storage = "://" not in str(storage_path)
-    if local_storage and warm.eligible(ray_params, user_code_paths(exp.model_name)):
+    if warm and local_storage and warm_trainer.eligible(ray_params, user_code_paths(exp.model_name)):
         cfg = {
             "experiment": exp.model_dump(mode="json", by_alias=True), "dataset_info": info.as_config(),
             "data_ref": ray.put(splits), "seed": seed, "cpus_per_worker": ray_params.cpus_per_worker,
@@ -66,7 +68,7 @@ def fit(
             "init_ref": None if init_state is None else ray.put(init_state),
         }
         storage_dir = str(Path(str(storage_path)).resolve() / f"{exp.name}-{run_id}")
-        result = warm.fit_warm(cfg, ray_params.cpus_per_worker, storage_dir)
+        result = warm_trainer.fit_warm(cfg, ray_params.cpus_per_worker, storage_dir)
         if result is not None:
             return FitResult(result["state"], result["metrics"])
         # The warm trainer is busy with another command's training: this one takes Ray Train.
