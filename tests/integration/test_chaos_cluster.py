@@ -88,10 +88,8 @@ def test_worker_node_killed_mid_search(tmp_path):
     state = cluster.up(nodes=3, cpus_per_node=1, state_dir=state_dir, timeout_s=300)
     job = None
     try:
-        # The study in the project's own store: a job's copy of the project has no mlruns/.
-        study = f"sqlite:///{root / 'mlruns' / 'optuna.db'}"
-        command = (f"{sys.executable} -m runyard prepare mnist1d && "
-                   f"OPTUNA_STORAGE={study} {sys.executable} -m runyard tune {NAME}")
+        # `runyard submit` hands the job the project's tracking and study stores.
+        command = f"{sys.executable} -m runyard prepare mnist1d && {sys.executable} -m runyard tune {NAME}"
         job = subprocess.Popen([sys.executable, "-m", "runyard", "submit", "--", "sh", "-c", command], cwd=root,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         db = root / "mlruns" / "mlflow.db"

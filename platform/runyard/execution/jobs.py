@@ -116,7 +116,10 @@ def job_env(project) -> dict[str, str]:
     (dvc_config / "config").write_text(DVC_NO_SCM)
     # The tracking server's credentials travel as they do to a cluster's training workers.
     credentials = (forwarded_env() or {}).get("env_vars", {})
-    return {"MLFLOW_TRACKING_URI": uri, "DVC_SYSTEM_CONFIG_DIR": str(dvc_config), **credentials}
+    # Optuna's study state too: the job runs in a copy of the project, which has no mlruns/.
+    study = resolve(project.params.study_storage, project.root)
+    return {"MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": study, "DVC_SYSTEM_CONFIG_DIR": str(dvc_config),
+            **credentials}
 
 
 def _anchor_artifacts(project, uri: str) -> None:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -26,9 +27,20 @@ from runyard.tracking.outage import TrackingUnavailable, quick_requests, retry_u
 
 
 def use_tracking(uri: str) -> MlflowClient:
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(uri)
+    """A client of ``uri``, with MLflow's fluent API pointed there too.
+
+    An embedded (sqlite) store is created under a file lock: two runyard processes that
+    open a new store at once (two `dvc repro` in one checkout) would otherwise both run
+    its schema migrations, and the second fails on the first's temporary tables."""
+    lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else None
+    with lock or contextlib.nullcontext():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        client = MlflowClient(uri)
+        if lock is not None:  # create and migrate the store now, while no one else does
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+    return client
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
