@@ -77,6 +77,10 @@ class Args(BaseModel):
     """Images: every image is resized to [height, width] (one number: a square)."""
     color: Literal["grayscale", "rgb"] = "rgb"
     """Images: 1 channel or 3."""
+    stream: bool = False
+    """Train from Parquet shards that Ray Data streams to each worker (its shard only),
+    not from arrays every worker holds whole: for data larger than a worker's memory
+    (``runyard.data.streaming``)."""
 
     @field_validator("source", "labels")
     @classmethod

@@ -99,6 +99,8 @@ def build(args: Args, seed: int, root: Path | None = None, where: str = "") -> F
         y = loaded.y.astype(np.float32).reshape(-1, 1)
     parts = assign_splits(len(y), y if classes else None, classes, loaded.given, loaded.given_by, args, seed, src)
     meta["split_by"] = loaded.given_by if loaded.given is not None else "seed"
+    if args.stream:
+        meta["stream"] = True  # splits.save writes the Parquet shards too
     x = loaded.x
     return FileSplits(*(a for s in SPLITS for a in (x[parts[s]], y[parts[s]])), meta=meta)
 

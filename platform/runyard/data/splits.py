@@ -41,6 +41,10 @@ def save(splits: Splits, out: Path, meta: dict) -> None:
     tmp.mkdir(parents=True)
     for key, arr in splits.arrays().items():
         np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
+    if meta.get("stream"):  # a files: entry with stream: true
+        from runyard.data import streaming
+
+        meta = {**meta, "stream_rows": streaming.write(tmp, splits)}
     (tmp / "meta.json").write_text(json.dumps({**meta, "sizes": splits.sizes()}, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -53,6 +57,10 @@ def load(data_dir: Path, where: str) -> Splits:
             f"{where}: missing {', '.join(missing)}; run `dvc repro prepare@{data_dir.name}` "
             f"(or `runyard prepare {data_dir.name}`) first"
         )
+    if (data_dir / "stream").is_dir():  # prepared with stream: true (runyard.data.streaming)
+        from runyard.data import streaming
+
+        return streaming.load(data_dir)
     return Splits(**{k: np.load(data_dir / f"{k}.npy") for k in _keys()})
 
 

@@ -1,0 +1,259 @@
+"""Data larger than memory: Ray Data streams each Ray Train worker its shard.
+
+A ``files:`` entry with ``stream: true`` is prepared as usual (``data/<name>/*.npy``,
+read memory-mapped by whoever needs a few samples or the shapes) and, besides, as Parquet
+shards of its training and validation splits::
+
+    data/<name>/stream/train/part-00000.parquet ...   columns: id, x, y
+    data/<name>/stream/val/part-00000.parquet ...
+
+``id`` is a sample's row in its split, ``x`` the inputs as a Ray tensor column (any
+shape: features or images), ``y`` the targets; dtypes and shapes are those of the
+in-memory path (float32 inputs, int64 classes or float32 (n, 1) regression targets).
+
+A streamed training runs on Ray Train only (never on a warm in-process trainer): the
+driver hands ``ray.data.read_parquet`` datasets to the TorchTrainer, whose workers get
+
+- ``train``: a disjoint shard each (``streaming_split(equal=True)``: as many rows per
+  worker, the tail that does not divide evenly dropped, as the in-memory path does),
+  read block by block and shuffled in a bounded buffer; and
+- ``val``: the whole split each, streamed too, so every rank logs the same numbers.
+
+A worker therefore holds a few blocks (tens of MB), whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runyard.data.splits import SPLITS, Splits
+
+STREAM_DIR = "stream"
+STREAMED = ("train", "val")
+FILE_BYTES = 64 * 2**20
+"""Rows per Parquet file: about this many bytes of inputs (a Ray Data block each)."""
+ROW_GROUP_BYTES = 8 * 2**20
+SHUFFLE_BATCHES = 8
+"""The local shuffle buffer holds this many batches of rows."""
+
+
+@dataclass
+class StreamedSplits(Splits):
+    """Splits whose arrays are memory-mapped .npy files; training reads ``data_dir``'s
+    Parquet shards through Ray Data instead of shipping the arrays."""
+
+    data_dir: str = ""
+    rows: dict | None = None
+    """Rows of each streamed split, as written."""
+
+
+def streamed(splits: Splits) -> StreamedSplits | None:
+    """``splits`` if its training streams (a dataset prepared with ``stream: true``)."""
+    return splits if isinstance(splits, StreamedSplits) and splits.data_dir else None
+
+
+def is_streamed(data_dir: Path) -> bool:
+    return (Path(data_dir) / STREAM_DIR).is_dir()
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def write(out: Path, splits: Splits) -> dict[str, int]:
+    """Parquet shards of the streamed splits under ``out/stream/``; rows written per split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+
+    rows = {}
+    for split in STREAMED:
+        x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+        folder = Path(out) / STREAM_DIR / split
+        folder.mkdir(parents=True, exist_ok=True)
+        row_bytes = max(1, x[:1].nbytes + y[:1].nbytes)
+        per_file = max(1, FILE_BYTES // row_bytes)
+        per_group = max(1, min(per_file, ROW_GROUP_BYTES // row_bytes))
+        for part, start in enumerate(range(0, max(len(y), 1), per_file)):
+            stop = min(start + per_file, len(y))
+            table = pa.table({
+                "id": pa.array(np.arange(start, stop, dtype=np.int64)),
+                "x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32)),
+                "y": _column(np.ascontiguousarray(y[start:stop])),
+            })
+            pq.write_table(table, folder / f"part-{part:05d}.parquet", row_group_size=per_group)
+        rows[split] = len(y)
+    return rows
+
+
+def _column(y: np.ndarray):
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(y) if y.ndim > 1 else pa.array(y)
+
+
+def load(data_dir: Path) -> StreamedSplits:
+    """The prepared arrays memory-mapped (nothing read until used), and where the shards are."""
+    import json
+
+    # The test split stays whole in memory: evaluation and the logged model's example read it.
+    arrays = {f"{a}_{s}": np.load(Path(data_dir) / f"{a}_{s}.npy", mmap_mode=None if s == "test" else "r")
+              for s in SPLITS for a in "xy"}
+    meta = json.loads((Path(data_dir) / "meta.json").read_text()) if (Path(data_dir) / "meta.json").is_file() else {}
+    rows = meta.get("stream_rows") or {s: len(arrays[f"y_{s}"]) for s in STREAMED}
+    return StreamedSplits(**arrays, data_dir=str(Path(data_dir).resolve()), rows=rows)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def datasets(splits: StreamedSplits) -> dict[str, Any]:
+    """The Ray Datasets a TorchTrainer streams: ``{"train": ..., "val": ...}``."""
+    import ray.data
+    from ray.data import DataContext
+
+    quiet_ray_data()
+    # num_cpus=0: reading Parquet must not wait for CPUs that the training workers hold
+    # (on a machine whose every CPU is a worker's, it would wait for ever). Ray Data's V2
+    # Parquet reader lists files in a task that takes a whole CPU whatever num_cpus says;
+    # the V1 reader lists them here. A Dataset keeps the context it was made with.
+    ctx = DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        return {split: ray.data.read_parquet(str(Path(splits.data_dir) / STREAM_DIR / split), num_cpus=0)
+                for split in STREAMED}
+    finally:
+        ctx.use_datasource_v2 = before
+
+
+def data_config():
+    """Only ``train`` is split between workers; each validates on the whole of ``val``."""
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=["train"])
+
+
+def worker_config(splits: StreamedSplits, recipe, where: str = "") -> dict[str, Any]:
+    """What a worker needs besides its shards (plain JSON); a recipe the streaming path
+    cannot honour is an error."""
+    from runyard.errors import RunyardError
+
+    for key in ("train_samples", "label_noise"):
+        if getattr(recipe, key, None):
+            raise RunyardError(f"{where}recipe.{key}: draws from the whole training split, which a streamed "
+                               f"dataset never holds; set stream: false in its files: entry to train in memory")
+    return {"rows": dict(splits.rows or {}), "y_shape": list(splits.y_train.shape[1:])}
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars and per-dataset INFO lines, once per epoch per worker."""
+    import logging
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def digest(ids: np.ndarray) -> int:
+    """An order-free fingerprint of a set of sample ids (a sum of their 64-bit hashes):
+    the digests of disjoint shards add up to the digest of their union."""
+    z = np.asarray(ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        return int(z.sum(dtype=np.uint64))
+
+
+class ShardBatches:
+    """(x, y) batches of one worker's shard (a ``ray.data.DataIterator``), as
+    ``loaders.TensorBatches`` gives them from memory: same dtypes, shapes and count.
+
+    Each epoch shuffles in a buffer of ``SHUFFLE_BATCHES`` batches seeded with
+    ``seed + epoch``; ``augment`` (a recipe's ``Augment``) as in memory. The first epoch
+    prints the rows this worker saw and their ``digest`` (what tests check shards by).
+    """
+
+    def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, *, shuffle=False, seed=0,
+                 rank=0, world_size=1, augment=None, label=""):
+        self.shard, self.batch_size = shard, batch_size
+        self.rows = rows - rows % world_size if label == "train" else rows
+        self.per_rank = self.rows // world_size if label == "train" else rows
+        self.input_shape, self.y_shape = tuple(input_shape), tuple(y_shape)
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.augment, self.label = augment, label
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        gen = None
+        if self.augment is not None:
+            import torch
+
+            from runyard.data import augment as augmentation
+            from runyard.data.loaders import AUGMENT_STREAM
+
+            # The in-memory loader's stream: (seed, epoch, rank), apart from the shuffle's.
+            entropy = [self.seed % 2**64, epoch, self.rank, AUGMENT_STREAM]
+            state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+            gen = torch.Generator().manual_seed(int(state))
+        count, fingerprint = 0, 0
+        batches = self.shard.iter_torch_batches(
+            batch_size=self.batch_size, device="cpu", drop_last=False,
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * self.batch_size if self.shuffle else None,
+            local_shuffle_seed=self.seed + epoch if self.shuffle else None,
+        )
+        for batch in batches:
+            x, y = batch["x"].reshape(-1, *self.input_shape), batch["y"].reshape(-1, *self.y_shape)
+            if epoch == 0 and self.label == "train":
+                ids = batch["id"].numpy()
+                count, fingerprint = count + len(ids), (fingerprint + digest(ids)) % 2**64
+                # Before the last batch's step: Lightning stops asking after len(self) batches.
+                if count >= self.per_rank:
+                    print(f"runyard: streamed shard rank={self.rank} world={self.world_size} epoch=0 "
+                          f"rows={count} digest={fingerprint:#018x}", flush=True)
+            yield (x, y) if gen is None else augmentation.augment(x, y, self.augment, gen)
+
+
+def data_module(train_shard, val_shard, stream: dict[str, Any], input_shape, batch_size: int, seed: int,
+                rank: int, world_size: int, augment=None, shuffle: bool = True):
+    """The LightningDataModule of a streamed training: this worker's ``train`` shard and
+    the whole ``val`` split (both ``ray.data.DataIterator``s)."""
+    import lightning.pytorch as pl
+
+    quiet_ray_data()
+    train = ShardBatches(train_shard, stream["rows"]["train"], batch_size, input_shape, stream["y_shape"],
+                         shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, augment=augment,
+                         label="train")
+    val = ShardBatches(val_shard, stream["rows"]["val"], 4096, input_shape, stream["y_shape"], label="val")
+
+    class StreamDataModule(pl.LightningDataModule):
+        def train_dataloader(self):
+            return train
+
+        def val_dataloader(self):
+            return val
+
+        # As SplitsDataModule: the epoch counter travels with checkpoints (shuffle seeds).
+        def state_dict(self):
+            return {"train_epoch": train.epoch}
+
+        def load_state_dict(self, state):
+            train.epoch = state["train_epoch"]
+
+    return StreamDataModule()
