@@ -55,11 +55,14 @@ def fit(
     """
     import ray
 
+    from runyard.data import streaming
     from runyard.execution import warm as warm_trainer
     from runyard.models import user_code_paths
 
+    # A streamed dataset (files: stream: true) needs Ray Train's datasets=: never the warm trainer.
+    stream = streaming.streamed(splits)
     local_storage = "://" not in str(storage_path)
-    if warm and local_storage and warm_trainer.eligible(ray_params, user_code_paths(exp.model_name)):
+    if stream is None and warm and local_storage and warm_trainer.eligible(ray_params, user_code_paths(exp.model_name)):
         cfg = {
             "experiment": exp.model_dump(mode="json", by_alias=True), "dataset_info": info.as_config(),
             "data_ref": ray.put(splits), "seed": seed, "cpus_per_worker": ray_params.cpus_per_worker,
@@ -72,9 +75,12 @@ def fit(
         if result is not None:
             return FitResult(result["state"], result["metrics"])
         # The warm trainer is busy with another command's training: this one takes Ray Train.
+    stream_cfg = {} if stream is None else {
+        "stream": streaming.worker_config(stream, exp.recipe, f"{exp.name}: "),
+        "datasets": streaming.datasets(stream), "dataset_config": streaming.data_config()}
     trainer = torch_trainer(
-        exp, info, ray.put(splits), ray_params, seed=seed, name=f"{exp.name}-{run_id}",
-        storage_path=storage_path,
+        exp, info, None if stream else ray.put(splits), ray_params, seed=seed, name=f"{exp.name}-{run_id}",
+        storage_path=storage_path, **stream_cfg,
         tracking_uri=tracking_uri, run_id=run_id, flush_every_s=flush_every_s,
         retry_s=retry_s, checkpoint_every=ray_params.checkpoint_every,
         init_ref=None if init_state is None else ray.put(init_state),
@@ -100,12 +106,15 @@ def _tracking_outage(error: BaseException) -> RunyardError | None:
 
 def torch_trainer(
     exp: Experiment, info: DatasetInfo, data_ref: Any, ray_params: RayParams, *, seed: int,
-    name: str, storage_path: Path | str, callbacks: tuple = (), **worker_cfg: Any,
+    name: str, storage_path: Path | str, callbacks: tuple = (), datasets: dict | None = None,
+    dataset_config: Any = None, **worker_cfg: Any,
 ):
     """A TorchTrainer running ``worker.train_loop`` on ``ray_params.num_workers`` workers.
 
     ``data_ref`` is an object-store reference to the splits: one copy per node, not per
     worker. ``worker_cfg`` says where epochs go (an MLflow run, or Ray Tune).
+    ``datasets``/``dataset_config``: Ray Datasets streamed to the workers instead
+    (``runyard.data.streaming``; ``data_ref`` is None then).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -129,6 +138,7 @@ def torch_trainer(
                                   **ray_params.resources_per_worker},
             placement_strategy=ray_params.placement_strategy,
         ),
+        **({"datasets": datasets, "dataset_config": dataset_config} if datasets else {}),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),

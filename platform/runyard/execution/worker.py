@@ -51,11 +51,20 @@ def train_loop(cfg: dict[str, Any]) -> None:
     exp = Experiment.model_validate(cfg["experiment"])
     init_state = ray.get(cfg["init_ref"]) if cfg.get("init_ref") is not None else None
     system = build_system(exp, cfg["dataset_info"], init_state)
-    splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
-    data = SplitsDataModule(
-        splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
-        augment=exp.recipe.augment,
-    )
+    if cfg.get("stream"):  # files: stream: true: this worker's Ray Data shard (runyard.data.streaming)
+        from runyard.data.streaming import data_module
+
+        data = data_module(
+            ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), cfg["stream"],
+            cfg["dataset_info"]["input_shape"], max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
+            augment=exp.recipe.augment, shuffle=getattr(exp.recipe, "shuffle", True),
+        )
+    else:
+        splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
+        data = SplitsDataModule(
+            splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
+            augment=exp.recipe.augment,
+        )
 
     if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow
         callbacks: list[pl.Callback] = [ReportEpochs(ray.train.report, ray.train.Checkpoint)]
