@@ -125,7 +125,25 @@ def ensure(state_dir: Path, idle_s: float, cpus: float, gpus: float) -> str:
             return state["gcs_address"]
         if state:  # a head that died or was killed (or another Ray version's): clear what is left
             _stop(state_dir, state)
-        return _start(state_dir, idle_s, cpus, gpus)["gcs_address"]
+        for attempt in range(STARTUP_RETRIES + 1):
+            try:
+                return _start(state_dir, idle_s, cpus, gpus)["gcs_address"]
+            except _TimedOut as e:
+                if attempt == STARTUP_RETRIES:
+                    raise RunyardError(f"local Ray: the head timed out during start-up {attempt + 1} times "
+                                       f"(the machine is too busy?); log: {e}") from None
+                print("runyard: local Ray timed out during start-up (a busy machine?); trying again",
+                      file=sys.stderr, flush=True)
+        raise AssertionError("unreachable")
+
+
+STARTUP_RETRIES = 2
+"""Extra tries of a head whose `ray start` timed out: Ray waits a fixed 30 s for its raylet to
+register, which a busy machine can miss (as ``cluster.STARTUP_RETRIES``)."""
+
+
+class _TimedOut(Exception):
+    pass
 
 
 def _start(state_dir: Path, idle_s: float, cpus: float, gpus: float) -> dict:
@@ -164,6 +182,8 @@ def _start(state_dir: Path, idle_s: float, cpus: float, gpus: float) -> dict:
         code = None
     if code != 0 or not _answers(state["gcs_address"]):
         _stop(state_dir, state, keep_logs=True)
+        if "timed out during startup" in log.read_text(errors="replace"):
+            raise _TimedOut(str(log))
         raise RunyardError(f"local Ray: the head did not start: {summary_line(log.read_text(errors='replace'))} "
                            f"(log: {log})")
     watch_log = temp_root / "watchdog.log"
