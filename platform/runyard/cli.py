@@ -161,7 +161,8 @@ def summary():
 def bench(
     workload: list[str] = typer.Option(
         ["reference", "large"], "--workload", "-w",
-        help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches)"),
+        help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches), "
+             "stream (Ray Data streaming vs in-memory, 200 MB and 2 GB of Parquet)"),
     out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
     repeat: int = typer.Option(None, "--repeat", min=1,
                                help="Timed runs of each variant (default: 3 for reference, 2 for large)."),
@@ -182,13 +183,17 @@ def bench(
     from runyard.bench.search import report
     from runyard.progress import report_console
 
-    unknown = [w for w in workload if w not in (*WORKLOADS, "tune")]
+    unknown = [w for w in workload if w not in (*WORKLOADS, "tune", "stream")]
     if unknown:
-        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune")
+        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune, stream")
     path = _project().root / Path(out)
     if "tune" in workload:
         report(path.with_name("bench_tune.json"), report_console(), repeat=repeat or 3)
-    train = [w for w in workload if w != "tune"]
+    if "stream" in workload:
+        from runyard.bench.stream import report as stream_report
+
+        stream_report(path.with_name("bench_stream.json"), report_console())
+    train = [w for w in workload if w not in ("tune", "stream")]
     if train:
         run_bench(train, path, report_console(), repeat=repeat, warmup=warmup, spread_limit=spread_limit)
 
