@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 200
 SPLIT = {"val": 0.25, "test": 0.1}  # 130 train rows: 65 per worker, 2 batches of 64 (the last of 1)
-STEPS = 6  # 3 epochs of 2 batches; 1 or 3 batches per epoch would log 6 or 2 epochs
+STEPS = 16  # 8 epochs of 2 batches; 1 or 3 batches per epoch would log 16 or 6 epochs
 # Ray prefixes a worker's lines with its node's ip, except on the driver's node.
 SHARD = re.compile(r"\(RayTrainWorker pid=\d+(?:, ip=([\d.]+))?\)\S* runyard: streamed shard rank=(\d) world=2 "
                    r"epoch=0 rows=(\d+) digest=(0x[0-9a-f]+)")
@@ -106,7 +106,7 @@ def test_each_worker_streams_a_disjoint_shard_and_one_run_is_logged(trained):
     from runyard.data.streaming import digest
 
     root, out = trained
-    shards = SHARD.findall(out["tiny_stream"])
+    shards = sorted(set(SHARD.findall(out["tiny_stream"])))  # Ray's log monitor may repeat a line
     assert sorted(int(rank) for _, rank, _, _ in shards) == [0, 1], out["tiny_stream"][-3000:]
     assert len({ip for ip, *_ in shards}) == 2, f"two workers on two nodes expected: {shards}"
     rows = [int(n) for _, _, n, _ in shards]
@@ -131,5 +131,6 @@ def test_streamed_and_in_memory_both_learn_in_the_same_steps(trained):
                         for key in ("val/acc", "train/loss")}
     for name, curve in curves.items():
         assert len(curve["val/acc"]) == STEPS // 2, (name, curve)  # same batches per epoch
-        assert curve["val/acc"][-1] >= 0.75, (name, curve)  # chance is about 0.5
+        # Chance is about 0.5 on 50 validation rows; both end well above it.
+        assert curve["val/acc"][-1] >= 0.7 and curve["val/acc"][-1] > curve["val/acc"][0], (name, curve)
         assert curve["train/loss"][-1] < curve["train/loss"][0], (name, curve)

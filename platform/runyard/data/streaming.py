@@ -39,7 +39,8 @@ FILE_BYTES = 64 * 2**20
 """Rows per Parquet file: about this many bytes of inputs (a Ray Data block each)."""
 ROW_GROUP_BYTES = 8 * 2**20
 SHUFFLE_BATCHES = 8
-"""The local shuffle buffer holds this many batches of rows."""
+"""Rows are shuffled within chunks of this many batches (and the shards' order is the
+seeded split's, already random)."""
 
 
 @dataclass
@@ -181,7 +182,7 @@ class ShardBatches:
     """(x, y) batches of one worker's shard (a ``ray.data.DataIterator``), as
     ``loaders.TensorBatches`` gives them from memory: same dtypes, shapes and count.
 
-    Each epoch shuffles in a buffer of ``SHUFFLE_BATCHES`` batches seeded with
+    Each epoch shuffles within chunks of ``SHUFFLE_BATCHES`` batches, seeded with
     ``seed + epoch``; ``augment`` (a recipe's ``Augment``) as in memory. The first epoch
     prints the rows this worker saw and their ``digest`` (what tests check shards by).
     """
@@ -200,11 +201,11 @@ class ShardBatches:
         return math.ceil(self.per_rank / self.batch_size)
 
     def __iter__(self):
+        import torch
+
         epoch, self.epoch = self.epoch, self.epoch + 1
         gen = None
         if self.augment is not None:
-            import torch
-
             from runyard.data import augment as augmentation
             from runyard.data.loaders import AUGMENT_STREAM
 
@@ -213,21 +214,25 @@ class ShardBatches:
             state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
             gen = torch.Generator().manual_seed(int(state))
         count, fingerprint = 0, 0
-        batches = self.shard.iter_torch_batches(
-            batch_size=self.batch_size, device="cpu", drop_last=False,
-            local_shuffle_buffer_size=SHUFFLE_BATCHES * self.batch_size if self.shuffle else None,
-            local_shuffle_seed=self.seed + epoch if self.shuffle else None,
-        )
-        for batch in batches:
-            x, y = batch["x"].reshape(-1, *self.input_shape), batch["y"].reshape(-1, *self.y_shape)
+        # Ray Data hands over SHUFFLE_BATCHES batches at a time, permuted here with torch:
+        # its own local shuffle buffer costs more per row than the model's step does.
+        order_gen = torch.Generator().manual_seed(self.seed + epoch)
+        chunks = self.shard.iter_torch_batches(
+            batch_size=SHUFFLE_BATCHES * self.batch_size, device="cpu", drop_last=False, prefetch_batches=2)
+        for chunk in chunks:
+            xs, ys = chunk["x"].reshape(-1, *self.input_shape), chunk["y"].reshape(-1, *self.y_shape)
             if epoch == 0 and self.label == "train":
-                ids = batch["id"].numpy()
+                ids = chunk["id"].numpy()
                 count, fingerprint = count + len(ids), (fingerprint + digest(ids)) % 2**64
                 # Before the last batch's step: Lightning stops asking after len(self) batches.
                 if count >= self.per_rank:
                     print(f"runyard: streamed shard rank={self.rank} world={self.world_size} epoch=0 "
                           f"rows={count} digest={fingerprint:#018x}", flush=True)
-            yield (x, y) if gen is None else augmentation.augment(x, y, self.augment, gen)
+            order = torch.randperm(len(ys), generator=order_gen) if self.shuffle else torch.arange(len(ys))
+            for start in range(0, len(ys), self.batch_size):
+                take = order[start:start + self.batch_size]
+                x, y = xs[take], ys[take]
+                yield (x, y) if gen is None else augmentation.augment(x, y, self.augment, gen)
 
 
 def data_module(train_shard, val_shard, stream: dict[str, Any], input_shape, batch_size: int, seed: int,
