@@ -26,7 +26,12 @@ ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+_PROJECTS: list[Path] = []
+"""Every project copy made, so that their warm local Rays are stopped after the test."""
+
+
 def copy_project(dest: Path) -> Path:
+    _PROJECTS.append(dest)
     for rel in PROJECT_FILES:
         src, dst = REPO / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +46,18 @@ def copy_project(dest: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "test project"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_ray_left():
+    """A project's warm local Ray (execution/local_ray.py) outlives its commands by
+    ray.local_idle_s: stop the ones this test's projects started, as `runyard local down` does."""
+    yield
+    from runyard.execution import local_ray
+
+    for root in _PROJECTS:
+        if (root / ".runyard" / "local.json").exists():
+            local_ray.down(root / ".runyard")
 
 
 @pytest.fixture(autouse=True)
