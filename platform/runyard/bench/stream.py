@@ -39,8 +39,7 @@ def generate(out: Path, train_mb: float, seed: int = 0) -> int:
     arrays are never whole in this process's memory); the training rows."""
     from numpy.lib.format import open_memmap
 
-    from runyard.data import streaming
-    from runyard.data.splits import Splits
+    from runyard.data import shards
 
     rows = int(train_mb * 2**20 // (FEATURES * 4 + 8))
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +56,7 @@ def generate(out: Path, train_mb: float, seed: int = 0) -> int:
         np.save(out / f"x_{split}.npy", xs)
         np.save(out / f"y_{split}.npy", (xs @ w > 0).astype(np.int64))
     arrays = {f"{a}_{s}": np.load(out / f"{a}_{s}.npy", mmap_mode="r") for s in ("train", "val", "test") for a in "xy"}
-    rows_written = streaming.write(out, Splits(**arrays))
+    rows_written = shards.write(out, arrays)
     (out / "meta.json").write_text(json.dumps({"stream": True, "stream_rows": rows_written}) + "\n")
     return rows
 
@@ -97,12 +96,12 @@ def train_once(data_dir: Path, streamed: bool, store: Path) -> dict[str, Any]:
     import mlflow
 
     from runyard.config import Experiment, RayParams, Recipe
-    from runyard.data import DatasetInfo, streaming
-    from runyard.data.splits import SPLITS, Splits
+    from runyard.data import DatasetInfo
+    from runyard.data.splits import SPLITS, Splits, load
     from runyard.execution.trainer import fit
 
     if streamed:
-        splits = streaming.load(data_dir)
+        splits = load(data_dir, "bench")  # a StreamedSplits: stream/ is there
     else:
         splits = Splits(**{f"{a}_{s}": np.load(data_dir / f"{a}_{s}.npy") for s in SPLITS for a in "xy"})
     exp = Experiment(name="bench_stream", dataset="bench_stream", model={"name": "mlp", "hidden": [64]},

@@ -34,6 +34,16 @@ class Splits:
         return {s: len(getattr(self, f"y_{s}")) for s in SPLITS}
 
 
+@dataclass
+class StreamedSplits(Splits):
+    """Splits of a dataset prepared with ``stream: true``: the arrays memory-mapped, and
+    ``data_dir``, whose Parquet shards a training streams (``runyard.data.streaming``)."""
+
+    data_dir: str = ""
+    rows: dict | None = None
+    """Rows of each streamed split, as written."""
+
+
 def save(splits: Splits, out: Path, meta: dict) -> None:
     """Write atomically: a half-written data dir never exists under its final name."""
     tmp = out.with_name(f".{out.name}.tmp")
@@ -42,9 +52,9 @@ def save(splits: Splits, out: Path, meta: dict) -> None:
     for key, arr in splits.arrays().items():
         np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
     if meta.get("stream"):  # a files: entry with stream: true
-        from runyard.data import streaming
+        from runyard.data import shards
 
-        meta = {**meta, "stream_rows": streaming.write(tmp, splits)}
+        meta = {**meta, "stream_rows": shards.write(tmp, splits.arrays())}
     (tmp / "meta.json").write_text(json.dumps({**meta, "sizes": splits.sizes()}, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -58,9 +68,12 @@ def load(data_dir: Path, where: str) -> Splits:
             f"(or `runyard prepare {data_dir.name}`) first"
         )
     if (data_dir / "stream").is_dir():  # prepared with stream: true (runyard.data.streaming)
-        from runyard.data import streaming
-
-        return streaming.load(data_dir)
+        # The test split whole (evaluation and the logged model's example read it); the
+        # others memory-mapped: a training streams them from the Parquet shards instead.
+        arrays = {k: np.load(data_dir / f"{k}.npy", mmap_mode=None if k.endswith("test") else "r")
+                  for k in _keys()}
+        meta = json.loads((data_dir / "meta.json").read_text()) if (data_dir / "meta.json").is_file() else {}
+        return StreamedSplits(**arrays, data_dir=str(data_dir.resolve()), rows=meta.get("stream_rows"))
     return Splits(**{k: np.load(data_dir / f"{k}.npy") for k in _keys()})
 
 

@@ -25,89 +25,22 @@ A worker therefore holds a few blocks (tens of MB), whatever the dataset's size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runyard.data.splits import SPLITS, Splits
+from runyard.data.shards import STREAM_DIR, STREAMED
+from runyard.data.splits import Splits, StreamedSplits
 
-STREAM_DIR = "stream"
-STREAMED = ("train", "val")
-FILE_BYTES = 64 * 2**20
-"""Rows per Parquet file: about this many bytes of inputs (a Ray Data block each)."""
-ROW_GROUP_BYTES = 8 * 2**20
 SHUFFLE_BATCHES = 8
 """Rows are shuffled within chunks of this many batches (and the shards' order is the
 seeded split's, already random)."""
 
 
-@dataclass
-class StreamedSplits(Splits):
-    """Splits whose arrays are memory-mapped .npy files; training reads ``data_dir``'s
-    Parquet shards through Ray Data instead of shipping the arrays."""
-
-    data_dir: str = ""
-    rows: dict | None = None
-    """Rows of each streamed split, as written."""
-
-
 def streamed(splits: Splits) -> StreamedSplits | None:
     """``splits`` if its training streams (a dataset prepared with ``stream: true``)."""
     return splits if isinstance(splits, StreamedSplits) and splits.data_dir else None
-
-
-def is_streamed(data_dir: Path) -> bool:
-    return (Path(data_dir) / STREAM_DIR).is_dir()
-
-
-# --------------------------------------------------------------------------- prepare
-
-
-def write(out: Path, splits: Splits) -> dict[str, int]:
-    """Parquet shards of the streamed splits under ``out/stream/``; rows written per split."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from ray.data.extensions import ArrowTensorArray
-
-    rows = {}
-    for split in STREAMED:
-        x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
-        folder = Path(out) / STREAM_DIR / split
-        folder.mkdir(parents=True, exist_ok=True)
-        row_bytes = max(1, x[:1].nbytes + y[:1].nbytes)
-        per_file = max(1, FILE_BYTES // row_bytes)
-        per_group = max(1, min(per_file, ROW_GROUP_BYTES // row_bytes))
-        for part, start in enumerate(range(0, max(len(y), 1), per_file)):
-            stop = min(start + per_file, len(y))
-            table = pa.table({
-                "id": pa.array(np.arange(start, stop, dtype=np.int64)),
-                "x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x[start:stop], dtype=np.float32)),
-                "y": _column(np.ascontiguousarray(y[start:stop])),
-            })
-            pq.write_table(table, folder / f"part-{part:05d}.parquet", row_group_size=per_group)
-        rows[split] = len(y)
-    return rows
-
-
-def _column(y: np.ndarray):
-    import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
-
-    return ArrowTensorArray.from_numpy(y) if y.ndim > 1 else pa.array(y)
-
-
-def load(data_dir: Path) -> StreamedSplits:
-    """The prepared arrays memory-mapped (nothing read until used), and where the shards are."""
-    import json
-
-    # The test split stays whole in memory: evaluation and the logged model's example read it.
-    arrays = {f"{a}_{s}": np.load(Path(data_dir) / f"{a}_{s}.npy", mmap_mode=None if s == "test" else "r")
-              for s in SPLITS for a in "xy"}
-    meta = json.loads((Path(data_dir) / "meta.json").read_text()) if (Path(data_dir) / "meta.json").is_file() else {}
-    rows = meta.get("stream_rows") or {s: len(arrays[f"y_{s}"]) for s in STREAMED}
-    return StreamedSplits(**arrays, data_dir=str(Path(data_dir).resolve()), rows=rows)
 
 
 # --------------------------------------------------------------------------- driver
