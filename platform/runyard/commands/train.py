@@ -15,6 +15,7 @@ from mlflow.entities import Metric
 from runyard import tasks
 from runyard.config import Experiment
 from runyard.data import DatasetInfo
+from runyard.data.splits import StreamedSplits
 from runyard.errors import RunyardError
 from runyard.execution import classical, ray_session
 from runyard.execution.checkpoints import discard_storage
@@ -66,7 +67,7 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
         "ray": params.ray.model_dump(mode="json", exclude={"address", "storage_path"}),
     }
     retry_s = tracking.retry_s
-    tags = {**init_tags, DETERMINISTIC_TAG: deterministic(params.ray)}
+    tags = {**init_tags, DETERMINISTIC_TAG: deterministic(params.ray, isinstance(splits, StreamedSplits))}
     with tracking.run(exp, name, run_params, address, tags, resume_run_id=resume_id) as run_id:
         if resume_id is None:
             tracking.retry(lambda: log_dataset_input(project, exp.dataset, splits), "logging the dataset input")
@@ -108,8 +109,10 @@ metrics (tests/integration/test_determinism.py checks it on CPU): ``true``, or
 ``false (why)``."""
 
 
-def deterministic(ray_params) -> str:
+def deterministic(ray_params, streamed: bool = False) -> str:
     """The ``runyard.deterministic`` tag of a deep training with these Ray settings."""
+    if streamed:
+        return "false (streamed data: Ray Data's block order is not fixed across runs)"
     if not ray_params.use_gpu:
         return "true"  # CPU kernels, seeded data order, dropout and augmentation
     # Ray Train workers leave cuDNN autotuning and torch's nondeterministic CUDA kernels
