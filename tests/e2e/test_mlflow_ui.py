@@ -103,7 +103,7 @@ def test_ui_shows_search_runs_lineage_and_champion(searched, browser_page):
 
     # What `runyard ui` printed (a fresh browser, no view switch clicked): the runs, the
     # parent run listed; its children once its row is expanded.
-    assert printed.startswith(url) and exp_id in printed
+    assert printed.startswith(url) and f"%22{exp_id}%22" in printed  # the id, quoted, in the list of experiments
     page.goto(printed)
     name_cell = page.get_by_role("gridcell").filter(has_text=parent.info.run_name)
     name_cell.first.wait_for()

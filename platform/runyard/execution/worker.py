@@ -63,7 +63,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
         data = SplitsDataModule(
             splits, max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
-            augment=exp.recipe.augment,
+            augment=exp.recipe.augment, shuffle=exp.recipe.shuffle,
         )
 
     if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow

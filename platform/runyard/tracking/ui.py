@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from mlflow import MlflowClient
-
 from runyard.errors import RunyardError
+from runyard.tracking.client import Tracking
 from runyard.tracking.uri import check_reachable, resolve
 
 HOST = "127.0.0.1"  # the embedded store has no auth: never serve it beyond this machine
@@ -42,11 +41,18 @@ def url(port: int, experiment_ids: list[str] | None = None) -> str:
 
 
 def project_experiments(project) -> list[str]:
-    """The ids of the MLflow experiments of the project's pipelines that the store holds
-    (the ones something ran in); nothing is created."""
-    names = set(project.experiment_names())
-    client = MlflowClient(resolve(project.params.tracking_uri, project.root))
-    return [e.experiment_id for e in client.search_experiments(max_results=1000) if e.name in names]
+    """The MLflow experiment of each of the project's pipelines, created (with its kind and
+    description) where it does not exist yet, so the UI lists every one; their ids. A
+    pipeline that does not load is left out with one line on stderr: the UI still opens."""
+    tracking, ids = Tracking.of(project), []
+    for name in project.experiment_names():
+        try:
+            exp = project.experiment(name)
+        except RunyardError as e:
+            print(f"runyard ui: {name} left out: {e}", file=sys.stderr)
+            continue
+        ids.append(tracking.experiment_id(exp))
+    return ids
 
 
 def command(project, port: int) -> list[str]:
