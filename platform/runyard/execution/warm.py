@@ -203,9 +203,8 @@ def _run(cfg: dict, stop_asked) -> dict:
     init_state = ray.get(cfg["init_ref"]) if cfg.get("init_ref") is not None else None
     system = build_system(exp, cfg["dataset_info"], init_state)
     splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
-    order = {"shuffle": exp.recipe.shuffle} if hasattr(exp.recipe, "shuffle") else {}
     data = SplitsDataModule(splits, max(1, exp.recipe.batch_size), cfg["seed"], 0, 1, augment=exp.recipe.augment,
-                            **order)
+                            shuffle=exp.recipe.shuffle)
 
     epoch_logger = MlflowEpochLogger(cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"], cfg["retry_s"])
     callbacks: list[pl.Callback] = [Watch(), epoch_logger]

@@ -57,7 +57,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         data = data_module(
             ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), cfg["stream"],
             cfg["dataset_info"]["input_shape"], max(1, exp.recipe.batch_size // world), cfg["seed"], rank, world,
-            augment=exp.recipe.augment, shuffle=getattr(exp.recipe, "shuffle", True),
+            augment=exp.recipe.augment, shuffle=exp.recipe.shuffle,
         )
     else:
         splits = training_split(ray.get(cfg["data_ref"]), exp.recipe, cfg["seed"], cfg["dataset_info"]["num_outputs"])
