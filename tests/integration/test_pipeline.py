@@ -141,7 +141,7 @@ def assert_sweep(c, root: Path, parent, children) -> None:
         assert row["outcome"] == child.data.tags["runyard.trial.outcome"]
         assert child.data.metrics["sweep/train_acc"] == pytest.approx(float(row["train/acc"]))
         assert child.data.metrics["test/acc"] == pytest.approx(float(row["test/acc"]))
-    figures = sorted(p.name for p in out.glob("*.png"))
+    figures = sorted(p.name for p in out.glob("sweep*.png"))  # trials.png: the search's own figure (search/)
     assert figures and all((out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     logged = {a.path for a in c.list_artifacts(parent.info.run_id, "sweep")}
     assert logged == {f"sweep/{name}" for name in ["sweep.csv", *figures]}
