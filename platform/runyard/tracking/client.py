@@ -60,6 +60,10 @@ class RetryingClient:
                         UPLOAD_TIMEOUT_S if upload else ATTEMPT_TIMEOUT_S)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "raw":
+            # Unpickling (Tune saves its callbacks with the search's state) looks attributes
+            # up before __init__ has set raw: without this, each lookup recurses.
+            raise AttributeError(name)
         attr = getattr(self.raw, name)
         if name.startswith("_") or not callable(attr):
             return attr
