@@ -162,7 +162,8 @@ def bench(
     workload: list[str] = typer.Option(
         ["reference", "large"], "--workload", "-w",
         help="reference (MNIST-1D CNN, 20 epochs), large (50k samples), tune (32-trial searches), "
-             "stream (Ray Data streaming vs in-memory, 200 MB and 2 GB of Parquet)"),
+             "stream (Ray Data streaming vs in-memory, 200 MB and 2 GB of Parquet), "
+             "pipeline (a dvc repro in a fresh copy: the share of its wall time inside fits)"),
     out: str = typer.Option("metrics/bench.json", help="Where to write the results (a DVC metric)."),
     repeat: int = typer.Option(None, "--repeat", min=1,
                                help="Timed runs of each variant (default: 3 for reference, 2 for large)."),
@@ -183,17 +184,23 @@ def bench(
     from runyard.bench.search import report
     from runyard.progress import report_console
 
-    unknown = [w for w in workload if w not in (*WORKLOADS, "tune", "stream")]
+    unknown = [w for w in workload if w not in (*WORKLOADS, "tune", "stream", "pipeline")]
     if unknown:
-        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune, stream")
-    path = _project().root / Path(out)
+        raise RunyardError(f"--workload: unknown {unknown[0]!r}; allowed: {', '.join(WORKLOADS)}, tune, stream, "
+                           "pipeline")
+    root = _project().root
+    path = root / Path(out)
+    if "pipeline" in workload:
+        from runyard.bench.pipeline import report as pipeline_report
+
+        pipeline_report(root, path.with_name("bench_pipeline.json"), report_console())
     if "tune" in workload:
         report(path.with_name("bench_tune.json"), report_console(), repeat=repeat or 3)
     if "stream" in workload:
         from runyard.bench.stream import report as stream_report
 
         stream_report(path.with_name("bench_stream.json"), report_console())
-    train = [w for w in workload if w not in ("tune", "stream")]
+    train = [w for w in workload if w not in ("tune", "stream", "pipeline")]
     if train:
         run_bench(train, path, report_console(), repeat=repeat, warmup=warmup, spread_limit=spread_limit)
 

@@ -41,6 +41,15 @@ def test_totals_sum_only_what_the_runs_have():
 def test_logged_to_the_run(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("e")).info.run_id
-    cost.log_training_cost(client, run_id, {"fit_start": 0.0, "fit_end": 4.0}, RayParams(num_workers=3))
+    cost.log_training_cost(client, run_id, {"fit_start": 1000.0, "fit_end": 1004.0}, RayParams(num_workers=3))
     metrics = client.get_run(run_id).data.metrics
     assert metrics["cost/core_seconds"] == 12.0 and metrics["cost/wall_seconds"] == 4.0
+    # Stamped at the fit's end: the history says when the run trained.
+    assert cost.fit_interval(client.get_metric_history(run_id, cost.WALL)) == (1000.0, 1004.0)
+    assert cost.fit_interval([]) is None
+
+
+def test_overlapping_fits_count_once():
+    # Two concurrent trials (0-10, 5-12), a gap, then a training (20-25) and one inside it.
+    assert cost.covered_seconds([(20, 25), (0, 10), (5, 12), (21, 22)]) == 17
+    assert cost.covered_seconds([]) == 0

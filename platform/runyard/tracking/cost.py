@@ -48,13 +48,32 @@ def log_training_cost(client, run_id: str, final_metrics: Mapping[str, Any], ray
     """Log a training's cost (``training_cost``) to ``run_id``; return what was logged."""
     values = training_cost(final_metrics, ray_params)
     if values:
-        import time
-
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+        # Stamped at the fit's end, so [stamp - wall, stamp] is when it trained (fit_intervals).
+        end = int(float(final_metrics["fit_end"]) * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, end, 0) for k, v in values.items()])
     return values
+
+
+def fit_interval(history) -> tuple[float, float] | None:
+    """When a run trained, in unix seconds, from its ``cost/wall_seconds`` metric history
+    (stamped at the fit's end); None if it has none."""
+    if not history:
+        return None
+    last = max(history, key=lambda m: m.timestamp)
+    return last.timestamp / 1000 - float(last.value), last.timestamp / 1000
+
+
+def covered_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``intervals``: trainings that overlap (a search's
+    concurrent trials) count once."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def total(costs: Iterable[Mapping[str, float]]) -> dict[str, float]:

@@ -169,8 +169,9 @@ def log_trial_costs(exp: Experiment, grid, children) -> dict[str, float]:
         spent.append(trial)
         run_id = children.runs.get(metrics.get("trial_id"))
         if run_id is not None:
-            now = int(time.time() * 1000)
-            children.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in trial.items()])
+            # Stamped at the trial's last result, as a training's cost is at its fit's end.
+            end = int(float(metrics.get("timestamp") or time.time()) * 1000)
+            children.client.log_batch(run_id, metrics=[Metric(k, float(v), end, 0) for k, v in trial.items()])
     return cost.total(spent)
 
 
