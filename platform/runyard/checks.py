@@ -25,6 +25,7 @@ from runyard.models import (
     check_model_spec,
     component,
     is_classical,
+    is_lightning_model,
     model_inputs,
     transfer,
 )
@@ -292,6 +293,11 @@ def check_init(project, exp: Experiment, info: DatasetInfo, where: str) -> None:
     if mismatch:
         raise RunyardError(
             f"{where}: init.part: {init.part!r} of {src.name} ({src_where}) does not fit this model: {mismatch}"
+        )
+    if init.lr_groups and is_lightning_model(exp.model_name):
+        raise RunyardError(
+            f"{where}: init.lr_groups: {exp.model_name} is a LightningModule: its own configure_optimizers "
+            "sets its learning rates"
         )
     for key in ("freeze", "lr_groups"):
         for prefix in getattr(init, key):

@@ -31,10 +31,16 @@ def resume_path(checkpoint: Any | None) -> Iterator[str | None]:
         yield str(Path(d) / CKPT_FILE)
 
 
+NETWORK_PREFIX = "runyard_network_prefix"
+"""Key of a Lightning checkpoint: the prefix of the network's weights in its ``state_dict``
+(``net.`` in runyard's systems, nothing in a user's LightningModule, which is its own network)."""
+
+
 def net_weights(lightning_checkpoint: Path | str) -> dict[str, torch.Tensor]:
     """The network's weights from a Lightning checkpoint file (its system's ``net.*``)."""
-    state = torch.load(lightning_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    ckpt = torch.load(lightning_checkpoint, map_location="cpu", weights_only=False)
+    prefix = ckpt.get(NETWORK_PREFIX, "net.")
+    return {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
 def discard_storage(storage_path: Path | str, exp_name: str, run_id: str) -> None:

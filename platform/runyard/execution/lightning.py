@@ -13,9 +13,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
+from torch import nn
 
 from runyard.config import Experiment
-from runyard.execution.checkpoints import CKPT_FILE
+from runyard.execution.checkpoints import CKPT_FILE, NETWORK_PREFIX
 from runyard.models import build_model
 from runyard.models.transfer import Freeze, load_part
 from runyard.tasks.system import build_system as task_system
@@ -32,20 +33,37 @@ def quiet_lightning() -> None:
 
 
 def build_system(exp: Experiment, info: dict[str, Any], init_state: dict | None = None) -> pl.LightningModule:
-    """The system for ``exp``; ``init_state``: weights to start from (``transfer.source_state``)."""
+    """The system for ``exp``; ``init_state``: weights to start from (``transfer.source_state``).
+    A user's LightningModule is its own system: returned as built."""
     net = build_model(exp.model, info["input_shape"], info["num_outputs"])
     if init_state is not None:
         load_part(net, init_state)
+    if isinstance(net, pl.LightningModule):
+        return net
     # Only systems with one optimiser take per-group learning rates (not the GAN's two).
     extra = {"lr_groups": exp.init.lr_groups} if exp.init and exp.init.lr_groups else {}
     return task_system(info["task"], net, exp.recipe.model_dump(), **extra)
 
 
+def network_of(system: pl.LightningModule) -> nn.Module:
+    """The network a system trains, whose weights are the model: runyard's systems (``TaskSystem``,
+    a task's own such as the GAN's) hold it as ``net``; a user's LightningModule is its own."""
+    return system.net if type(system).__module__.startswith("runyard.tasks.") else system
+
+
+class NetworkPrefix(pl.Callback):
+    """Records in every checkpoint where the network's weights are in its ``state_dict``
+    (``checkpoints.net_weights`` reads them back without building the system)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[NETWORK_PREFIX] = "net." if network_of(pl_module) is not pl_module else ""
+
+
 def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
     """The Lightning Trainer for a recipe; ``distribution`` picks devices and strategy."""
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, NetworkPrefix()]
     if exp.init and exp.init.freeze:
-        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every))
+        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every, network=network_of))
     if exp.recipe.early_stopping:
         es = exp.recipe.early_stopping
         callbacks.append(

@@ -13,6 +13,7 @@ from runyard.data import DatasetInfo
 from runyard.data.splits import Splits
 from runyard.errors import RunyardError
 from runyard.execution.checkpoints import MODEL_FILE
+from runyard.models import is_lightning_model
 from runyard.tracking.outage import TrackingUnavailable
 
 
@@ -73,7 +74,7 @@ def fit(
         storage_dir = str(Path(str(storage_path)).resolve() / f"{exp.name}-{run_id}")
         result = warm_trainer.fit_warm(cfg, ray_params.cpus_per_worker, storage_dir)
         if result is not None:
-            return FitResult(result["state"], result["metrics"])
+            return check_logged(exp, FitResult(result["state"], result["metrics"]))
         # The warm trainer is busy with another command's training: this one takes Ray Train.
     stream_cfg = {} if stream is None else {
         "stream": streaming.worker_config(stream, exp.recipe, f"{exp.name}: "),
@@ -92,7 +93,19 @@ def fit(
         raise RunyardError(f"{exp.name}: training ended without a final checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-    return FitResult(state, dict(result.metrics or {}))
+    return check_logged(exp, FitResult(state, dict(result.metrics or {})))
+
+
+def check_logged(exp: Experiment, result: FitResult) -> FitResult:
+    """A user's LightningModule logs its metrics itself: one that never logged the
+    experiment's ``optimized_metric`` fails here, in one line, not later in registration."""
+    if exp.optimized_metric not in result.metrics and is_lightning_model(exp.model_name):
+        cls = exp.model_name.split(":")[-1]
+        raise RunyardError(
+            f"{exp.name}: {exp.model_name} logged no {exp.optimized_metric!r} (the experiment's optimized_metric): "
+            f"{cls} must log it, e.g. self.log({exp.optimized_metric!r}, ...) in its validation_step"
+        )
+    return result
 
 
 def _tracking_outage(error: BaseException) -> RunyardError | None:

@@ -15,7 +15,14 @@ from runyard.config import Experiment
 from runyard.data.loaders import SplitsDataModule
 from runyard.data.training import training_split
 from runyard.execution.checkpoints import CKPT_FILE, MODEL_FILE, resume_path
-from runyard.execution.lightning import ReportEpochs, build_system, build_trainer, distribution, quiet_lightning
+from runyard.execution.lightning import (
+    ReportEpochs,
+    build_system,
+    build_trainer,
+    distribution,
+    network_of,
+    quiet_lightning,
+)
 from runyard.tracking.epoch_logger import MlflowEpochLogger
 
 
@@ -99,6 +106,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
-            torch.save(system.net.state_dict(), Path(tmp) / MODEL_FILE)
+            torch.save(network_of(system).state_dict(), Path(tmp) / MODEL_FILE)
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")

@@ -6,7 +6,8 @@ Two families share one namespace and one validation:
 
 Adding an architecture to runyard = one component (or factory) and one line here. A
 user's own ``nn.Module`` needs no line: its import path (``labnets.tabular:ResidualMLP``)
-is accepted wherever a name is, and its constructor's arguments are checked alike.
+is accepted wherever a name is, and its constructor's arguments are checked alike. So is a
+user's ``LightningModule`` (``is_lightning_model``), which brings its own training steps.
 """
 
 from __future__ import annotations
@@ -100,9 +101,6 @@ def component(name: str, where: str = "model.name"):
     found = getattr(module, attr)
     if name not in ALL_MODELS and not (inspect.isclass(found) and issubclass(found, nn.Module)):
         raise RunyardError(f"{where}: {name!r} is not a torch.nn.Module subclass (got {type(found).__name__})")
-    if name not in ALL_MODELS and _is_lightning_module(found):
-        raise RunyardError(f"{where}: {name!r} is a LightningModule; only a plain torch.nn.Module is supported "
-                           "yet (runyard's task supplies the loss, metrics and optimiser): name its network")
     return found
 
 
@@ -110,6 +108,16 @@ def _is_lightning_module(cls: type) -> bool:
     # By name: importing Lightning to ask would cost seconds in every command.
     return any(base.__name__ == "LightningModule" and base.__module__.split(".")[0] in ("lightning",
                "pytorch_lightning") for base in cls.__mro__)
+
+
+def is_lightning_model(name: Any) -> bool:
+    """Whether ``model.name`` is a user's ``LightningModule`` (``labnets.lit:WineLit``): it
+    trains as its own system (its training_step, validation_step and configure_optimizers)
+    instead of being wrapped in its task's. Its ``forward`` gives the task's outputs, so
+    everything after training (evaluation, serving, the logged model) treats it as a network."""
+    if not is_import_path(name) or name in ALL_MODELS:
+        return False
+    return _is_lightning_module(component(name))
 
 
 def user_code_paths(name: Any) -> list[str]:

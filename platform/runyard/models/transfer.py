@@ -19,6 +19,7 @@ Here the optimizer, the schedule and DDP see every parameter from the start.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +146,24 @@ def layers(net: nn.Module, prefixes: list[str]) -> list[list[nn.Module]]:
     return units
 
 
+def _wrapped_net(system: nn.Module) -> nn.Module:
+    return system.net
+
+
 class Freeze(pl.Callback):
     """Keep the ``prefixes`` modules of the system's ``net`` fixed; with ``unfreeze_every``
     unfreeze one layer from the top every that many epochs (ULMFiT's gradual unfreezing).
     Logs ``train/frozen_layers`` per epoch."""
 
-    def __init__(self, prefixes: list[str], unfreeze_every: int | None = None):
+    def __init__(self, prefixes: list[str], unfreeze_every: int | None = None,
+                 network: Callable[[nn.Module], nn.Module] | None = None):
         self.prefixes, self.unfreeze_every = list(prefixes), unfreeze_every
+        self.network = network or _wrapped_net
+        """The system's network (``execution.lightning.network_of``)."""
         self.layers: list[list[nn.Module]] = []
 
     def setup(self, trainer, pl_module, stage):
-        self.layers = layers(pl_module.net, self.prefixes)
+        self.layers = layers(self.network(pl_module), self.prefixes)
 
     def n_frozen(self, epoch: int) -> int:
         """How many layers, from the bottom, are frozen in ``epoch``."""

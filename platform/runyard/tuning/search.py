@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from runyard import tasks
 from runyard.config import Experiment
 from runyard.errors import RunyardError
-from runyard.models import build_model, model_inputs
+from runyard.models import build_model, is_lightning_model, model_inputs
 from runyard.progress import console, interactive, status
 from runyard.tracking import cost
 from runyard.tracking.client import RetryingClient
@@ -125,7 +125,8 @@ def finish(project, exp: Experiment, info, splits, seed: int, grid, parent: str,
     except RuntimeError:
         best = None
     if best is None or best.metrics.get(metric) is None:
-        raise RunyardError(f"{exp.name}: no trial reported {metric}; see the child runs' errors in MLflow")
+        own = f" ({exp.model_name} must log it itself)" if is_lightning_model(exp.model_name) else ""
+        raise RunyardError(f"{exp.name}: no trial reported {metric}{own}; see the child runs' errors in MLflow")
     config = decode(best.config, exp.search)
     net = build_model(apply(exp, config).model, info.input_shape, info.num_outputs)
     net.load_state_dict(_refit(exp, config, info, splits, seed) if exp.cv else best_weights(best))
@@ -180,11 +181,11 @@ def _refit(exp: Experiment, config: dict[str, Any], info, splits, seed: int) -> 
 
     def refit(trial: Experiment, seed: int):
         # Runs on a Ray worker: the driver never imports Lightning.
+        from runyard.execution.lightning import network_of
         from runyard.execution.local import fit_local
 
         trainer = fit_local(trial, info, splits, seed=seed, cpus=exp.search.cpus_per_worker)
-        return {k.removeprefix("net."): v for k, v in trainer.lightning_module.state_dict().items()
-                if k.startswith("net.")}
+        return network_of(trainer.lightning_module).state_dict()
 
     with status("training the best configuration on the whole train split"):
         task = ray.remote(num_cpus=exp.search.cpus_per_worker)(refit)
