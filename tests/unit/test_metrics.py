@@ -93,3 +93,22 @@ def test_regression_mse():
     assert type(values["test/mse"]) is float
     assert values["test/mse"] == pytest.approx((0 + 1 + 4 + 0.25) / 4)
     assert regression(y_true, y_true)["test/mse"] == 0.0
+
+
+@pytest.mark.parametrize("features, header", [(1, "x,target,prediction"), (5, "target,prediction")])
+def test_regression_evaluation_draws_a_table_of_several_inputs_too(tmp_path, features, header):
+    """One input (regression1d): the fit over x; a table's several columns: predictions against targets."""
+    from runyard import tasks
+    from runyard.data import DatasetInfo
+    from runyard.data.splits import Splits
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, features)).astype(np.float32)
+    y = x.sum(1, keepdims=True)
+    splits = Splits(x, y, x, y, x, y)
+    info = DatasetInfo(task="regression", input_shape=(features,))
+    values = tasks.get("regression").evaluate("t", info, splits, y + 0.5, tmp_path, None)
+    assert values["test/mse"] == pytest.approx(0.25)
+    assert (tmp_path / "fit.png").stat().st_size > 0
+    lines = (tmp_path / "fit.csv").read_text().splitlines()
+    assert lines[0] == header and len(lines) == 13

@@ -33,6 +33,19 @@ def fit(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, title: str, out: 
     _save(fig, out)
 
 
+def predicted_vs_target(y_true: np.ndarray, y_pred: np.ndarray, title: str, out: Path) -> None:
+    """Each test sample's prediction against its target, with the line of perfect predictions:
+    a regression on several inputs has no single x to draw the fit over."""
+    y_true, y_pred = y_true.ravel(), y_pred.ravel()
+    lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="perfect")
+    ax.scatter(y_true, y_pred, s=12, label="test samples")
+    ax.set(xlabel="target", ylabel="prediction", title=title)
+    ax.legend()
+    _save(fig, out)
+
+
 def masks(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str,
           out: Path) -> None:
     """A grid, one column per sample: the input image, the true mask, the predicted mask."""

@@ -20,10 +20,14 @@ class Regression(Task):
 
     def evaluate(self, name, info, splits, out, staging, predict):
         values = metrics.regression(splits.y_test, out)
-        plots.fit(splits.x_test, splits.y_test, out, f"{name}: fit", staging / "fit.png")
-        write_csv(staging / "fit.csv", ["x", "target", "prediction"],
-                  zip(splits.x_test.ravel().tolist(), splits.y_test.ravel().tolist(),
-                      out.ravel().tolist(), strict=True))
+        y, pred = splits.y_test.ravel().tolist(), out.ravel().tolist()
+        if splits.x_test[0].size == 1:  # one input: the fitted curve over it
+            plots.fit(splits.x_test, splits.y_test, out, f"{name}: fit", staging / "fit.png")
+            write_csv(staging / "fit.csv", ["x", "target", "prediction"],
+                      zip(splits.x_test.ravel().tolist(), y, pred, strict=True))
+        else:  # several inputs (a table's columns): each prediction against its target
+            plots.predicted_vs_target(splits.y_test, out, f"{name}: predictions", staging / "fit.png")
+            write_csv(staging / "fit.csv", ["target", "prediction"], zip(y, pred, strict=True))
         return values
 
     def scores(self, info, y, out):
