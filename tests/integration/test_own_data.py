@@ -3,6 +3,7 @@
 Real DVC CLI, real local Ray, real MLflow sqlite store, in a throwaway copy of the project:
 a CSV (scikit-learn's wine) is `dvc add`-ed and declared under params.yaml's ``files:``;
 `dvc repro` trains, evaluates and registers it; editing the CSV re-runs its chain only.
+An image folder (PNGs, one subfolder per class) and a Parquet table go the same way.
 A model of the user's own (``labnets/tabular.py`` beside pipelines/) trains and loads
 from the registry in a fresh process that cannot import the project.
 """
@@ -16,6 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -268,3 +270,115 @@ def test_bad_inputs_are_one_line_and_write_nothing(project_dir):
         line = one_line_error(runyard_cli("train", f"wine_{key}", cwd=root, timeout=300))
         assert f"pipelines/wine_{key}.yaml: model" in line and expected in line, line
     assert files_under(root) == before, "no run, no model dir"
+
+
+# --------------------------------------------------------------------------- images and Parquet
+
+IMAGES_PER_CLASS = 20
+PICTURES_FILES = {
+    # A folder of PNGs, one subfolder per class, resized on the way in.
+    "shades": {"source": "data/raw/shades", "image_size": [8, 8], "split": {"val": 0.25, "test": 0.25}},
+    # A Parquet table: a regression target and a text column one-hot encoded.
+    "houses": {"source": "data/raw/houses.parquet", "target": "price", "task": "regression",
+               "categorical": ["district"], "split": {"val": 0.2, "test": 0.2}},
+}
+SHADES_CNN = {
+    # No batch norm: 3 epochs of 3 batches leave its running statistics far from the data's.
+    "dataset": "shades", "model": {"name": "cnn2d", "channels": [4], "batch_norm": False},
+    "recipe": {"optimizer": "adam", "lr": 0.05, "batch_size": 8, "epochs": 3},
+    "optimized_metric": "val/acc", "optimized_mode": "max",
+}
+HOUSES_MLP = {
+    "dataset": "houses", "model": {"name": "mlp", "hidden": [8]},
+    "recipe": {"optimizer": "adam", "lr": 0.01, "batch_size": 16, "epochs": 2},
+    "optimized_metric": "val/mse", "optimized_mode": "min",
+}
+
+
+def write_shades(root: Path) -> Path:
+    """data/raw/shades/{dark,light}/NN.png: 12x10 RGB noise around a dark or a light grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = root / "data" / "raw" / "shades"
+    for label, level in (("dark", 60), ("light", 190)):
+        (folder / label).mkdir(parents=True)
+        for i in range(IMAGES_PER_CLASS):
+            pixels = np.clip(rng.normal(level, 25, size=(12, 10, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / label / f"{i:02d}.png")
+    return folder
+
+
+def write_houses(root: Path) -> Path:
+    """data/raw/houses.parquet: 100 rows of rooms, area, district (text) -> price."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 100
+    table = pd.DataFrame({"rooms": rng.integers(1, 6, n).astype(float), "area": rng.uniform(30, 150, n),
+                          "district": rng.choice(["north", "south", "centre"], n)})
+    table["price"] = (0.2 * table["rooms"] + 0.01 * table["area"] + (table["district"] == "centre")
+                      + rng.normal(0, 0.05, n))
+    path = root / "data" / "raw" / "houses.parquet"
+    table.to_parquet(path, index=False)
+    return path
+
+
+def test_an_image_folder_and_a_parquet_file_under_dvc_train_and_register(project_dir):
+    root = project_dir
+    allow_raw_data(root)
+    write_shades(root)
+    write_houses(root)
+    dvc("add", "data/raw/shades", "data/raw/houses.parquet", cwd=root)
+    experiments = {"shades_cnn": "shades", "houses_mlp": "houses"}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(files=PICTURES_FILES, datasets={}, experiments=experiments, searches={})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name, pipeline in (("shades_cnn", SHADES_CNN), ("houses_mlp", HOUSES_MLP)):
+        (root / "pipelines" / f"{name}.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    dvcfile = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvcfile["stages"].pop("paper")  # reads experiments this project does not train
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvcfile, sort_keys=False))
+    commit(root, ".")
+
+    first = dvc("repro", cwd=root)
+    assert {f"{stage}@{name}" for stage in ("train", "evaluate", "register") for name in experiments} | {
+        "prepare_files@shades", "prepare_files@houses"} <= ran(first), first.stdout
+
+    shades = json.loads((root / "data" / "shades" / "meta.json").read_text())
+    assert shades["classes"] == ["dark", "light"] and shades["input_shape"] == [3, 8, 8]
+    houses = json.loads((root / "data" / "houses" / "meta.json").read_text())
+    assert houses["features"] == ["rooms", "area", "district=centre", "district=north", "district=south"]
+    assert houses["input_shape"] == [5]
+    assert np.load(root / "data" / "shades" / "x_train.npy").shape[1:] == (3, 8, 8)
+    sizes = {s: len(np.load(root / "data" / "shades" / f"y_{s}.npy")) for s in ("train", "val", "test")}
+    assert sizes == {"train": 20, "val": 10, "test": 10}, sizes
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    c = client(root)
+    for name, dataset, source in (("shades_cnn", "shades", "data/raw/shades"),
+                                  ("houses_mlp", "houses", "data/raw/houses.parquet")):
+        assert lock[f"prepare_files@{dataset}"]["deps"][0]["path"] == source
+        (run,) = c.search_runs([c.get_experiment_by_name(name).experiment_id])
+        assert run.info.status == "FINISHED"
+        assert c.get_model_version_by_alias(name, "champion").run_id == run.info.run_id
+        (ds,) = [i.dataset for i in run.inputs.dataset_inputs]
+        assert ds.name == dataset and source in ds.source
+        assert ds.digest == lock[f"prepare_files@{dataset}"]["outs"][0]["md5"]
+        assert run.data.tags[f"runyard.data.{dataset}.md5"] == ds.digest
+    # The images reached the network with their folders' labels: dark and light are told
+    # apart (labels scrambled on the way would leave it at chance, 0.5).
+    shades_test = json.loads((root / "metrics" / "shades_cnn.json").read_text())
+    assert shades_test["test/acc"] >= 0.8, shades_test
+    houses_test = json.loads((root / "metrics" / "houses_mlp.json").read_text())
+    assert 0 <= houses_test["test/mse"] < float("inf"), houses_test
+
+    # One image changed and re-tracked: only the image folder's chain is stale.
+    png = root / "data" / "raw" / "shades" / "dark" / "00.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(png)
+    dvc("add", "data/raw/shades", cwd=root)
+    stale = {stage: {d for d in deps if d != "platform/runyard"} for stage, deps in status(root).items()}
+    assert stale["prepare_files@shades"] == {"data/raw/shades"}, stale
+    assert not {s: d for s, d in stale.items() if d and s != "prepare_files@shades"}, stale
