@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,14 +52,16 @@ def copy_project(dest: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_warm_ray_left():
-    """A project's warm local Ray (execution/local_ray.py) outlives its commands by
-    ray.local_idle_s: stop the ones this test's projects started, as `runyard local down` does."""
+    """A project's warm local Ray (execution/local_ray.py) and command server (forkserver.py)
+    outlive its commands: stop the ones this test's projects started, as `runyard local down` does."""
     yield
+    from runyard import forkserver
     from runyard.execution import local_ray
 
     for root in _PROJECTS:
         if (root / ".runyard" / "local.json").exists():
             local_ray.down(root / ".runyard")
+        forkserver.stop(root)  # the project's command server, if a `runyard` command started one
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +93,36 @@ def runyard_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float =
         [sys.executable, "-m", "runyard", *args], cwd=cwd, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+def require_ray_cli() -> None:
+    """A test that starts `ray start` nodes needs Ray's command: skip without it, fail on CI."""
+    if not (Path(sys.executable).parent / "ray").is_file():
+        message = f"the `ray` command is not installed next to {sys.executable}"
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextmanager
+def ray_cluster(root: Path, nodes: int, cpus_per_node: int = 1, **options) -> Iterator[dict]:
+    """A real multi-node Ray cluster for the project at ``root``: one `ray start` per node on
+    127.0.0.x, token auth on (``runyard.execution.cluster``), always stopped. Yields its state;
+    ``cluster_env(state)`` is what a `runyard` command needs to train on it."""
+    from runyard.execution import cluster
+
+    require_ray_cli()
+    state_dir = root / ".runyard"
+    state = cluster.up(nodes=nodes, cpus_per_node=cpus_per_node, state_dir=state_dir, **options)
+    try:
+        yield state
+    finally:
+        cluster.down(state_dir)
+
+
+def cluster_env(state: dict) -> dict[str, str]:
+    """The environment of a command using the cluster by address, as a production one would be."""
+    return {"RAY_ADDRESS": state["gcs_address"], "RAY_AUTH_MODE": "token"}
 
 
 def files_under(root: Path) -> set[str]:

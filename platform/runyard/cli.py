@@ -274,7 +274,8 @@ def cluster_down():
 
 local_app = typer.Typer(
     help="The project's warm local Ray: with ray.address null every stage and command shares one "
-    "Ray on 127.0.0.1 (started on demand, stopped after ray.local_idle_s idle seconds).\n\n"
+    "Ray on 127.0.0.1 (started on demand, stopped after ray.local_idle_s idle seconds); and its "
+    "command server, which starts pipeline commands with their imports done (RUNYARD_WARM_CLI=0: off).\n\n"
     "Example: runyard local status; runyard local down",
     no_args_is_help=True,
 )
@@ -291,11 +292,17 @@ def local_status():
 
 @local_app.command("down")
 def local_down():
-    """Stop the project's local Ray and its warm trainer now (their processes only). Example: runyard local down"""
+    """Stop the project's local Ray, its warm trainer and its command server now (their processes only).
+
+    Example: runyard local down"""
+    from runyard import forkserver
     from runyard.execution import local_ray
 
     count = local_ray.down(_state_dir())
     typer.echo("local Ray: none was up" if count is None else f"local Ray down: stopped {count} processes")
+    servers = forkserver.stop(_project().root)
+    if servers:
+        typer.echo(f"command server down: stopped {servers}")
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

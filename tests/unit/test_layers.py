@@ -20,7 +20,7 @@ ROOT = "runyard"
 """The package root (runyard/__init__.py): anything may import it; it imports no runyard module."""
 
 LAYERS: list[set[str]] = [
-    {"errors", "progress", "config"},
+    {"errors", "progress", "config", "forkserver"},
     {"data", "models", "evaluation"},
     {"tasks"},
     {"checks", "project"},

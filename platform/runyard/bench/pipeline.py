@@ -10,6 +10,10 @@ training's and search trial's fit interval (``tracking.cost.fit_interval``: its
 
 Each stage's wall is read off DVC's "Running stage" lines, so the table also says where
 the time outside fits goes (process start-up and imports, Ray, data, evaluation, logging).
+
+Two variants, one after the other, each in its own fresh copy: ``cold``, every command
+in a process of its own (``RUNYARD_WARM_CLI=0``, as before the command server), and
+``warm``, the default (``runyard.forkserver``).
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ def copy_project(root: Path, dest: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "bench copy"], cwd=dest, check=True)
 
 
-def repro(copy: Path, say) -> tuple[float, list[tuple[str, float, float]]]:
+VARIANTS = {"cold": {"RUNYARD_WARM_CLI": "0"}, "warm": {"RUNYARD_WARM_CLI": "1"}}
+
+
+def repro(copy: Path, say, extra_env: dict[str, str]) -> tuple[float, list[tuple[str, float, float]]]:
     """`dvc repro` in ``copy``; its wall seconds and each stage's (name, start, end) in unix seconds."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra_env}
     for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
         env.pop(var, None)
     starts: list[tuple[str, float]] = []
@@ -100,7 +107,8 @@ def breakdown(stages: list[tuple[str, float, float]], fits: list[tuple[float, fl
     return list(kinds.values())
 
 
-def run(root: Path, say=lambda _: None) -> dict[str, Any]:
+def run_variant(root: Path, variant: str, say=lambda _: None) -> dict[str, Any]:
+    from runyard import forkserver
     from runyard.execution import local_ray
     from runyard.tracking.cost import covered_seconds
 
@@ -108,34 +116,48 @@ def run(root: Path, say=lambda _: None) -> dict[str, Any]:
         copy = Path(tmp) / "project"
         copy_project(root, copy)
         try:
-            wall, stages = repro(copy, say)
+            wall, stages = repro(copy, say, VARIANTS[variant])
             fits = fit_intervals(copy)
         finally:
             if (copy / ".runyard" / "local.json").exists():
                 local_ray.down(copy / ".runyard")
+            forkserver.stop(copy)
     inside = covered_seconds(fits)
     return {"wall_s": wall, "fit_s": inside, "efficiency": inside / wall if wall else 0.0, "fits": len(fits),
             "stages": len(stages), "goal": GOAL, "met": inside / wall >= GOAL if wall else False,
-            "by_stage": breakdown(stages, fits), "cpus": os.cpu_count()}
+            "by_stage": breakdown(stages, fits), "cpus": os.cpu_count(), "variant": variant}
 
 
-def report(root: Path, out: Path, console) -> dict[str, Any]:
-    """Run the bench, print its table, write ``out``."""
+def report(root: Path, out: Path, console, variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, Any]:
+    """Run each variant's `dvc repro`, print their tables side by side, write ``out``."""
     from rich.table import Table
 
-    console.print("[bold]pipeline[/bold]: dvc repro in a fresh copy of the project")
-    r = run(root, console.print)
-    table = Table(title="runyard bench: where a dvc repro's time goes")
-    for col in ("stage", "runs", "wall s", "in fits s", "outside s", "outside s / run"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for k in r["by_stage"]:
-        outside = k["wall_s"] - k["fit_s"]
-        table.add_row(k["stage"], str(k["count"]), f"{k['wall_s']:.1f}", f"{k['fit_s']:.1f}", f"{outside:.1f}",
-                      f"{outside / k['count']:.1f}")
+    results = {}
+    for variant in variants:
+        console.print(f"[bold]pipeline[/bold] ({variant}): dvc repro in a fresh copy of the project")
+        results[variant] = run_variant(root, variant, console.print)
+    table = Table(title="runyard bench: where a dvc repro's time goes (wall s / inside fits s / outside per run s)")
+    table.add_column("stage")
+    table.add_column("runs", justify="right")
+    for variant in results:
+        table.add_column(variant, justify="right")
+    first = next(iter(results.values()))
+    for k in first["by_stage"]:
+        cells = []
+        for r in results.values():
+            s = next((x for x in r["by_stage"] if x["stage"] == k["stage"]), None)
+            cells.append("-" if s is None else
+                         f"{s['wall_s']:.1f} / {s['fit_s']:.1f} / {(s['wall_s'] - s['fit_s']) / s['count']:.1f}")
+        table.add_row(k["stage"], str(k["count"]), *cells)
     console.print(table)
-    verdict = "[green]met[/green]" if r["met"] else "[red]missed[/red]"
-    console.print(f"{r['stages']} stages, {r['fits']} fits: {r['fit_s']:.1f} s inside fits of {r['wall_s']:.1f} s "
-                  f"wall = {r['efficiency']:.0%} (goal >= {GOAL:.0%}: {verdict})")
+    for variant, r in results.items():
+        verdict = "[green]met[/green]" if r["met"] else "[red]missed[/red]"
+        console.print(f"{variant}: {r['stages']} stages, {r['fits']} fits: {r['fit_s']:.1f} s inside fits of "
+                      f"{r['wall_s']:.1f} s wall = {r['efficiency']:.0%} (goal >= {GOAL:.0%}: {verdict})")
+    report = {"variants": results, "goal": GOAL}
+    if {"cold", "warm"} <= set(results):
+        report["warm_over_cold_wall"] = results["warm"]["wall_s"] / results["cold"]["wall_s"]
+        console.print(f"warm / cold wall: {report['warm_over_cold_wall']:.2f}x")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
-    return r
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
