@@ -6,7 +6,8 @@ DVC hash from dvc.lock). Reproducing it:
 
 1. checks the commit out in a temporary git worktree (the project is left alone);
 2. pulls exactly that data version with DVC (by its hash, so it need not be the one
-   in the commit's dvc.lock: `dvc repro` writes dvc.lock after the commit it trains);
+   in the commit's dvc.lock: `dvc repro` writes dvc.lock after the commit it trains),
+   and for a dataset of the user's files (``files:``) its raw files at the commit;
 3. runs the commit's own code: `runyard train` and `runyard evaluate` for that
    experiment, into the same tracking store, without registering or moving aliases;
 4. compares the new run's metrics with the recorded ones.
@@ -222,13 +223,24 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
     """Put the recorded data version at data/<dataset> in the worktree; say where it came from."""
     target = wt / "data" / rec.dataset
+    raw = _raw_sources(wt, rec.dataset)
+    if raw or rec.data_md5 != "untracked":
+        if not (wt / ".dvc").is_dir():
+            raise RunyardError(f"reproduce: {spec}: commit {rec.commit[:12]} has no .dvc/: not a DVC project then")
+        _share_dvc_settings(project.root, wt)
+    if raw:
+        # A dataset of the user's files: a training reads its shapes and classes from the raw
+        # files (a git worktree has only their .dvc files), at the commit's version.
+        dvc_files = [_dvc_file(wt, path) for path in raw]
+        pulled = _dvc(wt, "pull", *dvc_files)
+        if pulled.returncode != 0 and _dvc(wt, "checkout", *dvc_files).returncode != 0:
+            raise RunyardError(f"reproduce: {spec}: {', '.join(raw)} at commit {rec.commit[:12]} is neither in the "
+                               f"DVC cache nor pulled from the remote ({summary_line(pulled.stderr)}); "
+                               "`dvc push` it where it was trained")
     if rec.data_md5 == "untracked":
         # Not versioned by DVC when it trained: the builders are seeded, so build it again.
         _stage(wt, {}, spec, "prepare", rec.dataset)
         return "rebuilt (untracked when trained)"
-    if not (wt / ".dvc").is_dir():
-        raise RunyardError(f"reproduce: {spec}: commit {rec.commit[:12]} has no .dvc/: not a DVC project then")
-    _share_dvc_settings(project.root, wt)
     # Track the version by its hash in a .dvc file of its own: it need not be in the
     # commit's dvc.lock, and dvc.yaml's outputs may not overlap another file's.
     work = wt / WORK_DIR
@@ -245,6 +257,28 @@ def _checkout_data(project: Project, wt: Path, rec: Lineage, spec: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     (work / rec.dataset).rename(target)
     return f"data/{rec.dataset} {rec.data_md5} (DVC)"
+
+
+def _raw_sources(wt: Path, dataset: str) -> list[str]:
+    """The raw files (``source:``, ``labels:``) of a ``files:`` dataset in the commit's params.yaml."""
+    try:
+        params = yaml.safe_load((wt / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    entry = (params.get("files") or {}).get(dataset)
+    if not isinstance(entry, dict) or not entry.get("source"):
+        return []
+    return [entry["source"], *([entry["labels"]] if entry.get("labels") else [])]
+
+
+def _dvc_file(wt: Path, path: str) -> str:
+    """The .dvc file tracking ``path`` (its own, or a tracked folder's above it); else the path
+    itself, for DVC to find among dvc.yaml's outputs."""
+    rel = Path(path)
+    for tracked in (rel, *rel.parents[:-1]):
+        if (wt / f"{tracked}.dvc").is_file():
+            return f"{tracked}.dvc"
+    return path
 
 
 def _share_dvc_settings(root: Path, wt: Path) -> None:
