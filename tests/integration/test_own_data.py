@@ -90,8 +90,9 @@ def write_wine(root: Path) -> Path:
     return path
 
 
-RAW_DATA_IGNORE = "/data/*\n!/data/raw/\n"
-"""data/raw/*.dvc must reach git (`dvc add` ignores the data itself in data/raw/.gitignore)."""
+RAW_DATA_IGNORE = "/data/?*\n!/data/raw/\n"
+"""data/raw/*.dvc must reach git (`dvc add` ignores the data itself in data/raw/.gitignore).
+Not ``/data/*``: DVC's reading of it ignores data/ itself, and `dvc push` then skips data/raw/."""
 
 
 def allow_raw_data(root: Path) -> None:
