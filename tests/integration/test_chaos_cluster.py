@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import ON_CI, copy_project
+from tests.conftest import copy_project, require_ray_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,11 +77,7 @@ def test_worker_node_killed_mid_search(tmp_path):
 
     from runyard.execution import cluster
 
-    if not (Path(sys.executable).parent / "ray").is_file():
-        message = f"the `ray` command is not installed next to {sys.executable}"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_ray_cli()
     root = copy_project(tmp_path / "project")
     write_search(root)
     state_dir = root / ".runyard"

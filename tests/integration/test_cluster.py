@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ON_CI, copy_project, one_line_error, runyard_cli
+from tests.conftest import copy_project, one_line_error, require_ray_cli, runyard_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,11 +23,7 @@ def up(tmp_path_factory):
     """(project root, cluster state) of a running 3-node cluster."""
     from runyard.execution import cluster
 
-    if not (Path(sys.executable).parent / "ray").is_file():
-        message = f"the `ray` command is not installed next to {sys.executable}"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_ray_cli()
     root = copy_project(tmp_path_factory.mktemp("cluster"))
     state_dir = root / ".runyard"
     state = cluster.up(nodes=3, cpus_per_node=1, state_dir=state_dir)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ON_CI, copy_project, runyard_cli
+from tests.conftest import cluster_env, copy_project, ray_cluster, require_ray_cli, runyard_cli
 from tests.integration.test_own_data import allow_raw_data, dvc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,13 +40,7 @@ def trained(tmp_path_factory):
     """The project root and the `runyard train` output of each dataset: streamed, in memory."""
     import pandas as pd
 
-    from runyard.execution import cluster
-
-    if not (Path(sys.executable).parent / "ray").is_file():
-        message = f"the `ray` command is not installed next to {sys.executable}"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_ray_cli()
     root = copy_project(tmp_path_factory.mktemp("streaming"))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(ROWS, 8)).astype(np.float32)
@@ -69,18 +62,13 @@ def trained(tmp_path_factory):
         done = runyard_cli("prepare", name, cwd=root, timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    state_dir = root / ".runyard"
-    state = cluster.up(nodes=2, cpus_per_node=1, state_dir=state_dir)
-    try:
-        env = {"RAY_ADDRESS": state["gcs_address"], "RAY_AUTH_MODE": "token"}
+    with ray_cluster(root, nodes=2) as state:
         out = {}
         for name in ("tiny_stream", "tiny_mem"):
-            done = runyard_cli("train", f"{name}_mlp", cwd=root, env=env, timeout=300)
+            done = runyard_cli("train", f"{name}_mlp", cwd=root, env=cluster_env(state), timeout=300)
             assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
             out[name] = done.stdout + done.stderr
         yield root, out
-    finally:
-        cluster.down(state_dir)
 
 
 def runs(root: Path, experiment: str):
