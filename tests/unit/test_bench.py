@@ -149,3 +149,28 @@ def test_run_writes_every_repeat_and_the_summary(monkeypatch, tmp_path, referenc
     assert len(report["warmup"]) == 2 and report["repeat"] == {"reference": 2}
     assert report["threads"]["a"] == report["threads"]["c"] == report["cpus"]
     assert [r["variant"] for r in report["summary"]] == ["a plain loop", "c runyard"]
+
+
+def test_the_pipeline_bench_splits_each_stage_into_fits_and_the_rest():
+    from runyard.bench.pipeline import breakdown
+
+    stages = [("prepare@a", 0, 2), ("train@x", 2, 12), ("train@y", 12, 20), ("evaluate@x", 20, 21)]
+    fits = [(4, 11), (13, 19), (14, 15)]  # the last overlaps the one before: counted once
+    rows = {r["stage"]: r for r in breakdown(stages, fits)}
+    assert rows["train"] == {"stage": "train", "count": 2, "wall_s": 18, "fit_s": 13}
+    assert rows["prepare"]["fit_s"] == rows["evaluate"]["fit_s"] == 0
+
+
+@pytest.mark.integration
+def test_the_search_bench_runs_a_real_search(reference, project_dir, tmp_path):
+    """bench/search.py drives runyard's search internals directly: keep it in step with them."""
+    from runyard.bench.search import run_search, search_experiment
+    from runyard.config import RayParams
+    from runyard.execution import ray_session
+
+    exp = search_experiment("fifo")
+    exp = exp.model_copy(update={"recipe": exp.recipe.model_copy(update={"epochs": 2}),
+                                 "search": exp.search.model_copy(update={"num_samples": 2})})
+    ray_session.connect(RayParams(), where="bench")
+    result = run_search(exp, reference[1], tmp_path)
+    assert result["epochs_total"] == 4 and 0.1 < result["best_val_acc"] <= 1.0

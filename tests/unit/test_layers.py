@@ -188,7 +188,7 @@ def test_an_upward_import_is_named():
                "runyard.cli": [Import("runyard.cli", "runyard.errors", 1)]}
     (message,) = upward(imports)
     assert message.startswith("runyard.errors imports runyard.cli (")
-    assert message.endswith(":3): layer 0 {config, errors, progress} -> layer 8 {__main__, cli}")
+    assert message.endswith(":3): layer 0 {config, errors, forkserver, progress} -> layer 8 {__main__, cli}")
 
 
 # --------------------------------------------------------------------------- the package

@@ -58,7 +58,7 @@ def run_search(exp, splits, store: Path) -> dict[str, Any]:
     import mlflow
 
     from runyard.tuning.children import ChildRuns
-    from runyard.tuning.search import _run_tuner
+    from runyard.tuning.search import run_search as tune_search
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -69,8 +69,8 @@ def run_search(exp, splits, store: Path) -> dict[str, Any]:
     from runyard.data import dataset_info
 
     study = f"sqlite:///{store / 'optuna.db'}"
-    grid = _run_tuner(exp, dataset_info("mnist1d"), splits, 0, store / "ray", exp.name, study, children,
-                      resume=False, retry_errored=False)
+    grid = tune_search(exp, dataset_info("mnist1d"), splits, 0, store / "ray", exp.name, study, children,
+                       resume=False, retry_errored=False)
     wall = time.perf_counter() - t0
     client.set_terminated(parent)
     # Every report of every trial, in the order they happened: epochs spent until the target.

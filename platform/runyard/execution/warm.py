@@ -166,7 +166,7 @@ def _run(cfg: dict, stop_asked) -> dict:
     from runyard.data.loaders import SplitsDataModule
     from runyard.data.training import training_split
     from runyard.execution.checkpoints import CKPT_FILE
-    from runyard.execution.lightning import build_system, build_trainer, distribution, quiet_lightning
+    from runyard.execution.lightning import build_system, build_trainer, distribution, network_of, quiet_lightning
     from runyard.tracking.epoch_logger import MlflowEpochLogger
 
     class Watch(pl.Callback):
@@ -225,7 +225,7 @@ def _run(cfg: dict, stop_asked) -> dict:
     fit_end = time.time()
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     final.update(epochs=trainer.current_epoch, fit_start=fit_start, fit_end=fit_end)
-    state = {k: v.detach().cpu().clone() for k, v in system.net.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in network_of(system).state_dict().items()}
     return {"state": state, "metrics": final, "messages": messages}
 
 
