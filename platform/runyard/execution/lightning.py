@@ -59,9 +59,26 @@ class NetworkPrefix(pl.Callback):
         checkpoint[NETWORK_PREFIX] = "net." if network_of(pl_module) is not pl_module else ""
 
 
+class LogEpochMeans(pl.Callback):
+    """Logs a system's training means of the epoch (``TaskSystem.train_means``), summed over
+    the data-parallel group as Lightning's ``sync_dist`` would, at the epoch's end."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        means = getattr(pl_module, "train_means", None)
+        if means is None:  # a system that logs for itself (the GAN's, a user's LightningModule)
+            return
+        if trainer.world_size > 1:
+            values = means.pop(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        else:
+            values = means.pop()
+        if values:
+            pl_module.log_dict(values, on_step=False, on_epoch=True, batch_size=1)
+
+
 def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution) -> pl.Trainer:
     """The Lightning Trainer for a recipe; ``distribution`` picks devices and strategy."""
-    callbacks = [*callbacks, NetworkPrefix()]
+    # First: the epoch's training means are logged before any other callback reads them.
+    callbacks = [LogEpochMeans(), *callbacks, NetworkPrefix()]
     if exp.init and exp.init.freeze:
         callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every, network=network_of))
     if exp.recipe.early_stopping:
