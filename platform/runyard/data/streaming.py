@@ -17,14 +17,18 @@ driver hands ``ray.data.read_parquet`` datasets to the TorchTrainer, whose worke
 - ``train``: a disjoint shard each (``streaming_split(equal=True)``: as many rows per
   worker, the tail that does not divide evenly dropped, as the in-memory path does),
   read block by block and shuffled in a bounded buffer; and
-- ``val``: the whole split each, streamed too, so every rank logs the same numbers.
+- ``val``: the whole split each, streamed too, so every rank logs the same numbers
+  (read once and kept when it is at most ``KEEP_VAL_BYTES``).
 
 A worker therefore holds a few blocks (tens of MB), whatever the dataset's size.
+Ray Data starts a pipeline for every pass; ``ShardBatches`` starts each one in the
+background ahead of need (see there).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,11 @@ from runyard.data.splits import Splits, StreamedSplits
 SHUFFLE_BATCHES = 8
 """Rows are shuffled within chunks of this many batches (and the shards' order is the
 seeded split's, already random)."""
+PREFETCH_CHUNKS = 2
+"""Chunks Ray Data fetches ahead of the one being trained on."""
+KEEP_VAL_BYTES = 64 * 2**20
+"""A validation split of at most this many bytes is read once and then kept in memory
+(Ray Data would otherwise start a pipeline for it every epoch); a larger one streams."""
 
 
 def streamed(splits: Splits) -> StreamedSplits | None:
@@ -118,10 +127,18 @@ class ShardBatches:
     Each epoch shuffles within chunks of ``SHUFFLE_BATCHES`` batches, seeded with
     ``seed + epoch``; ``augment`` (a recipe's ``Augment``) as in memory. The first epoch
     prints the rows this worker saw and their ``digest`` (what tests check shards by).
+
+    Ray Data starts a pipeline for every pass over the shard (an executor, reading
+    tasks: seconds for the first, tenths after). ``start`` begins the next pass in a
+    background thread, so that start-up overlaps the worker's own work: called when the
+    data module is made (model and trainer set-up) and, with ``prestart``, as soon as a
+    pass has received its last chunk (the epoch's last steps and its validation). A
+    split at most ``keep_bytes`` (the validation split, when small) is kept after its
+    first pass and served from memory: a bounded copy, never the training shard.
     """
 
     def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, *, shuffle=False, seed=0,
-                 rank=0, world_size=1, augment=None, label=""):
+                 rank=0, world_size=1, augment=None, label="", prestart=False, keep_bytes=0):
         self.shard, self.batch_size = shard, batch_size
         self.rows = rows - rows % world_size if label == "train" else rows
         self.per_rank = self.rows // world_size if label == "train" else rows
@@ -129,9 +146,63 @@ class ShardBatches:
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.augment, self.label = augment, label
         self.epoch = 0
+        self.prestart = prestart
+        row_bytes = 4 * math.prod(self.input_shape) + 8 * math.prod(self.y_shape)
+        self.keep = bool(keep_bytes) and self.per_rank * row_bytes <= keep_bytes
+        self._started = None  # (thread, box) of a pass begun by start()
+        self._kept = None  # the whole split's chunks, once read, when it is kept
+        self.then: ShardBatches | None = None  # started once this one's first chunk is in
 
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
+
+    def _chunks(self):
+        return iter(self.shard.iter_torch_batches(batch_size=SHUFFLE_BATCHES * self.batch_size, device="cpu",
+                                                  drop_last=False, prefetch_batches=PREFETCH_CHUNKS))
+
+    def start(self) -> None:
+        """Begin the next pass over the shard (up to its first chunk) in the background."""
+        if self._started is not None or self._kept is not None:
+            return
+        box: dict[str, Any] = {}
+
+        def first():
+            try:
+                chunks = self._chunks()
+                box["first"], box["chunks"] = next(chunks, None), chunks
+            except BaseException as e:  # handed to whoever iterates
+                box["error"] = e
+
+        thread = threading.Thread(target=first, name=f"runyard-stream-{self.label}", daemon=True)
+        thread.start()
+        self._started = (thread, box)
+
+    def _pass(self):
+        """One pass's chunks; the next pass is started once this one's last chunk is in."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        self.start()
+        (thread, box), self._started = self._started, None
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        chunk, chunks = box["first"], box["chunks"]
+        if self.then is not None:  # not before: two pipelines starting at once slow each other down
+            self.then.start()
+            self.then = None
+        kept = [] if self.keep else None
+        while chunk is not None:
+            following = next(chunks, None)  # Ray Data has it prefetched: no wait in the steady state
+            if kept is not None:
+                kept.append(chunk)
+            if following is None:
+                if kept is not None:
+                    self._kept = kept
+                elif self.prestart:
+                    self.start()
+            yield chunk
+            chunk = following
 
     def __iter__(self):
         import torch
@@ -150,9 +221,7 @@ class ShardBatches:
         # Ray Data hands over SHUFFLE_BATCHES batches at a time, permuted here with torch:
         # its own local shuffle buffer costs more per row than the model's step does.
         order_gen = torch.Generator().manual_seed(self.seed + epoch)
-        chunks = self.shard.iter_torch_batches(
-            batch_size=SHUFFLE_BATCHES * self.batch_size, device="cpu", drop_last=False, prefetch_batches=2)
-        for chunk in chunks:
+        for chunk in self._pass():
             xs, ys = chunk["x"].reshape(-1, *self.input_shape), chunk["y"].reshape(-1, *self.y_shape)
             if epoch == 0 and self.label == "train":
                 ids = chunk["id"].numpy()
@@ -177,8 +246,12 @@ def data_module(train_shard, val_shard, stream: dict[str, Any], input_shape, bat
     quiet_ray_data()
     train = ShardBatches(train_shard, stream["rows"]["train"], batch_size, input_shape, stream["y_shape"],
                          shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, augment=augment,
-                         label="train")
-    val = ShardBatches(val_shard, stream["rows"]["val"], 4096, input_shape, stream["y_shape"], label="val")
+                         label="train", prestart=True)
+    val = ShardBatches(val_shard, stream["rows"]["val"], 4096, input_shape, stream["y_shape"], label="val",
+                       keep_bytes=KEEP_VAL_BYTES)
+    train.start()  # Ray Data's first pipeline starts while the model and trainer are set up
+    if val.keep:  # and the validation split's once training has its first chunk: read during epoch 0
+        train.then = val
 
     class StreamDataModule(pl.LightningDataModule):
         def train_dataloader(self):
