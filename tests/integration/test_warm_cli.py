@@ -67,11 +67,14 @@ def test_commands_run_in_children_of_one_server_with_the_callers_streams_and_cod
     assert probe.stdout.splitlines()[-2:] == ["prepared data/digits", "[] 0"], probe.stdout + probe.stderr
 
 
-def test_a_signal_to_the_caller_reaches_the_command_and_down_stops_the_server(project_dir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signal_to_the_caller_reaches_the_command_and_down_stops_the_server(project_dir, sig):
+    """SIGTERM is relayed to the command; a SIGKILLed caller closes its socket, and the
+    command takes that as SIGTERM."""
     root = project_dir
     assert run("prepare", "mnist1d", cwd=root).returncode == 0
     (server,) = servers(root)
-    # A training long enough to be interrupted: SIGTERM to the caller (what DVC and CI send).
+    # A training long enough to be interrupted.
     caller = subprocess.Popen([RUNYARD, "train", "mnist1d_cnn"], cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "RUNYARD_WARM_CLI": "1"})
@@ -94,7 +97,7 @@ def test_a_signal_to_the_caller_reaches_the_command_and_down_stops_the_server(pr
 
     while not runs() and time.monotonic() < deadline:
         time.sleep(0.5)
-    caller.send_signal(signal.SIGTERM)
+    caller.send_signal(sig)
     out, _ = caller.communicate(timeout=120)
     assert caller.returncode != 0, out[-2000:]
     psutil.wait_procs([command], timeout=30)
@@ -102,10 +105,11 @@ def test_a_signal_to_the_caller_reaches_the_command_and_down_stops_the_server(pr
 
     assert runs() == ["KILLED"]
 
+    server_process = psutil.Process(server["pid"])
     down = run("local", "down", cwd=root)
     assert "command server down: stopped 1" in down.stdout, down.stdout + down.stderr
-    psutil.wait_procs([psutil.Process(server["pid"])], timeout=30)
-    assert servers(root) == []
+    _, alive = psutil.wait_procs([server_process], timeout=30)
+    assert not alive and servers(root) == []
 
 
 def test_another_import_time_environment_gets_another_server(project_dir):
