@@ -42,6 +42,10 @@ SHUFFLE_BATCHES = 8
 seeded split's, already random)."""
 PREFETCH_CHUNKS = 2
 """Chunks Ray Data fetches ahead of the one being trained on."""
+READ_TASKS = 1
+"""Parquet files read at once (one read task reads a few hundred thousand rows a second)."""
+BLOCK_BYTES = 16 * 2**20
+"""Ray Data's block size when reading: a first batch after 16 MB read, not a whole file."""
 KEEP_VAL_BYTES = 64 * 2**20
 """A validation split of at most this many bytes is read once and then kept in memory
 (Ray Data would otherwise start a pipeline for it every epoch); a larger one streams."""
@@ -65,14 +69,18 @@ def datasets(splits: StreamedSplits) -> dict[str, Any]:
     # (on a machine whose every CPU is a worker's, it would wait for ever). Ray Data's V2
     # Parquet reader lists files in a task that takes a whole CPU whatever num_cpus says;
     # the V1 reader lists them here. A Dataset keeps the context it was made with.
+    # num_cpus=0 also means no limit on how many read at once: one task per file, each in
+    # a new worker process, would all start together and read the whole dataset ahead of
+    # training; READ_TASKS at a time, in blocks of BLOCK_BYTES, keep up with a worker.
     ctx = DataContext.get_current()
-    before = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False
+    before = ctx.use_datasource_v2, ctx.target_max_block_size
+    ctx.use_datasource_v2, ctx.target_max_block_size = False, BLOCK_BYTES
     try:
-        return {split: ray.data.read_parquet(str(Path(splits.data_dir) / STREAM_DIR / split), num_cpus=0)
+        return {split: ray.data.read_parquet(str(Path(splits.data_dir) / STREAM_DIR / split), num_cpus=0,
+                                             concurrency=READ_TASKS)
                 for split in STREAMED}
     finally:
-        ctx.use_datasource_v2 = before
+        ctx.use_datasource_v2, ctx.target_max_block_size = before
 
 
 def data_config():
