@@ -18,7 +18,7 @@ from torch import nn
 from runyard.config import Experiment
 from runyard.execution.checkpoints import CKPT_FILE, NETWORK_PREFIX
 from runyard.models import build_model
-from runyard.models.transfer import Freeze, load_part
+from runyard.models.transfer import layers, load_part
 from runyard.tasks.system import build_system as task_system
 
 
@@ -80,7 +80,7 @@ def build_trainer(exp: Experiment, callbacks: list[pl.Callback], **distribution)
     # First: the epoch's training means are logged before any other callback reads them.
     callbacks = [LogEpochMeans(), *callbacks, NetworkPrefix()]
     if exp.init and exp.init.freeze:
-        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every, network=network_of))
+        callbacks.append(Freeze(exp.init.freeze, exp.init.unfreeze_every))
     if exp.recipe.early_stopping:
         es = exp.recipe.early_stopping
         callbacks.append(
@@ -134,3 +134,40 @@ class ReportEpochs(pl.Callback):
             trainer.save_checkpoint(Path(tmp) / CKPT_FILE)
             ckpt = self.checkpoint_cls.from_directory(tmp) if trainer.global_rank == 0 else None
             self.report(metrics, checkpoint=ckpt)
+
+
+class Freeze(pl.Callback):
+    """Keep the ``prefixes`` modules of the system's network fixed; with ``unfreeze_every``
+    unfreeze one layer from the top every that many epochs (ULMFiT's gradual unfreezing).
+    Logs ``train/frozen_layers`` per epoch. Why gradients are dropped rather than
+    ``requires_grad`` switched: ``models.transfer``'s docstring."""
+
+    def __init__(self, prefixes: list[str], unfreeze_every: int | None = None):
+        self.prefixes, self.unfreeze_every = list(prefixes), unfreeze_every
+        self.layers: list[list[nn.Module]] = []
+
+    def setup(self, trainer, pl_module, stage):
+        self.layers = layers(network_of(pl_module), self.prefixes)
+
+    def n_frozen(self, epoch: int) -> int:
+        """How many layers, from the bottom, are frozen in ``epoch``."""
+        n = len(self.layers)
+        return max(0, n - epoch // self.unfreeze_every) if self.unfreeze_every else n
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.log("train/frozen_layers", float(self.n_frozen(trainer.current_epoch)),
+                      on_step=False, on_epoch=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # Lightning puts the whole model in train mode after each validation; a frozen
+        # layer stays in eval mode (batch norm on its running statistics), an unfrozen one trains.
+        n = self.n_frozen(trainer.current_epoch)
+        for i, layer in enumerate(self.layers):
+            for m in layer:
+                m.train(i >= n)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        for layer in self.layers[: self.n_frozen(trainer.current_epoch)]:
+            for m in layer:
+                for p in m.parameters():
+                    p.grad = None

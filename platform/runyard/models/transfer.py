@@ -5,8 +5,10 @@ after unsupervised pretraining (a pipeline's ``init:`` section).
 - ``source_state``: the weights to copy, from the source's ``models/<from>/`` (the
   train@<from> stage's output), with the source run for lineage.
 - ``param_groups``: per-module learning rates (``lr_groups``) for the optimizer.
-- ``Freeze``: a Lightning callback keeping ``freeze`` modules fixed, and unfreezing them
-  one layer at a time from the top every ``unfreeze_every`` epochs.
+- ``layers``: the units ``freeze`` names, bottom to top, that
+  ``execution.lightning.Freeze`` keeps fixed and unfreezes one at a time from the top
+  every ``unfreeze_every`` epochs (so this module needs no Lightning: the CLI's
+  config checks import it).
 
 Frozen parameters stay in the optimizer; their gradients are dropped before each
 optimizer step (an optimizer skips a parameter without a gradient, weight decay
@@ -19,11 +21,9 @@ Here the optimizer, the schedule and DDP see every parameter from the start.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -144,46 +144,3 @@ def layers(net: nn.Module, prefixes: list[str]) -> list[list[nn.Module]]:
             weighted = weighted or starts
         units.append(current)
     return units
-
-
-def _wrapped_net(system: nn.Module) -> nn.Module:
-    return system.net
-
-
-class Freeze(pl.Callback):
-    """Keep the ``prefixes`` modules of the system's ``net`` fixed; with ``unfreeze_every``
-    unfreeze one layer from the top every that many epochs (ULMFiT's gradual unfreezing).
-    Logs ``train/frozen_layers`` per epoch."""
-
-    def __init__(self, prefixes: list[str], unfreeze_every: int | None = None,
-                 network: Callable[[nn.Module], nn.Module] | None = None):
-        self.prefixes, self.unfreeze_every = list(prefixes), unfreeze_every
-        self.network = network or _wrapped_net
-        """The system's network (``execution.lightning.network_of``)."""
-        self.layers: list[list[nn.Module]] = []
-
-    def setup(self, trainer, pl_module, stage):
-        self.layers = layers(self.network(pl_module), self.prefixes)
-
-    def n_frozen(self, epoch: int) -> int:
-        """How many layers, from the bottom, are frozen in ``epoch``."""
-        n = len(self.layers)
-        return max(0, n - epoch // self.unfreeze_every) if self.unfreeze_every else n
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        pl_module.log("train/frozen_layers", float(self.n_frozen(trainer.current_epoch)),
-                      on_step=False, on_epoch=True)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        # Lightning puts the whole model in train mode after each validation; a frozen
-        # layer stays in eval mode (batch norm on its running statistics), an unfrozen one trains.
-        n = self.n_frozen(trainer.current_epoch)
-        for i, layer in enumerate(self.layers):
-            for m in layer:
-                m.train(i >= n)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        for layer in self.layers[: self.n_frozen(trainer.current_epoch)]:
-            for m in layer:
-                for p in m.parameters():
-                    p.grad = None
