@@ -159,18 +159,3 @@ def test_the_pipeline_bench_splits_each_stage_into_fits_and_the_rest():
     rows = {r["stage"]: r for r in breakdown(stages, fits)}
     assert rows["train"] == {"stage": "train", "count": 2, "wall_s": 18, "fit_s": 13}
     assert rows["prepare"]["fit_s"] == rows["evaluate"]["fit_s"] == 0
-
-
-@pytest.mark.integration
-def test_the_search_bench_runs_a_real_search(reference, project_dir, tmp_path):
-    """bench/search.py drives runyard's search internals directly: keep it in step with them."""
-    from runyard.bench.search import run_search, search_experiment
-    from runyard.config import RayParams
-    from runyard.execution import ray_session
-
-    exp = search_experiment("fifo")
-    exp = exp.model_copy(update={"recipe": exp.recipe.model_copy(update={"epochs": 2}),
-                                 "search": exp.search.model_copy(update={"num_samples": 2})})
-    ray_session.connect(RayParams(), where="bench")
-    result = run_search(exp, reference[1], tmp_path)
-    assert result["epochs_total"] == 4 and 0.1 < result["best_val_acc"] <= 1.0
