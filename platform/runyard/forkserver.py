@@ -97,18 +97,25 @@ def socket_dir() -> Path:
     return d
 
 
-def server_key(root: Path) -> str:
-    """The project, runyard's code as this process sees it, and the import-time environment."""
+def code_fingerprint() -> str:
+    """runyard's own code as this process sees it (and the interpreter that runs it): a
+    long-lived process started under other code is replaced (this server, the warm trainer)."""
     import runyard
 
-    digest = hashlib.sha256(f"{root}\0{sys.executable}\0".encode())
+    package = Path(runyard.__file__).parent
+    digest = hashlib.sha256(sys.executable.encode())
+    for p in sorted(package.rglob("*.py")):
+        st = p.stat()
+        digest.update(f"{p.relative_to(package)}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def server_key(root: Path) -> str:
+    """The project, runyard's code as this process sees it, and the import-time environment."""
+    digest = hashlib.sha256(f"{root}\0{code_fingerprint()}\0".encode())
     for key in sorted(os.environ):
         if key.startswith(IMPORT_ENV):
             digest.update(f"{key}={os.environ[key]}\0".encode())
-    package = Path(runyard.__file__).parent
-    for p in sorted(package.rglob("*.py")):
-        st = p.stat()
-        digest.update(f"{p.relative_to(package)}:{st.st_mtime_ns}:{st.st_size}\0".encode())
     return digest.hexdigest()[:24]
 
 

@@ -30,7 +30,6 @@ at its next step.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 from runyard.errors import RunyardError
+from runyard.forkserver import code_fingerprint
 
 NAME = "runyard-warm-trainer"
 NAMESPACE = "runyard"
@@ -52,18 +52,6 @@ def eligible(ray_params, code_paths) -> bool:
 
     return bool(ray_session.shared_local() and ray_params.num_workers == 1 and not ray_params.use_gpu
                 and ray_params.max_failures == 0 and not ray_params.resources_per_worker and not code_paths)
-
-
-def code_fingerprint() -> str:
-    """runyard's own code as this process sees it: a warm actor with other code is replaced."""
-    import runyard
-
-    root = Path(runyard.__file__).parent
-    digest = hashlib.sha256(sys.executable.encode())
-    for p in sorted(root.rglob("*.py")):
-        st = p.stat()
-        digest.update(f"{p.relative_to(root)}:{st.st_mtime_ns}:{st.st_size}\n".encode())
-    return digest.hexdigest()
 
 
 class StopTraining(Exception):
