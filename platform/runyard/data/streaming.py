@@ -7,9 +7,9 @@ shards of its training and validation splits::
     data/<name>/stream/train/part-00000.parquet ...   columns: id, x, y
     data/<name>/stream/val/part-00000.parquet ...
 
-``id`` is a sample's row in its split, ``x`` the inputs as a Ray tensor column (any
-shape: features or images), ``y`` the targets; dtypes and shapes are those of the
-in-memory path (float32 inputs, int64 classes or float32 (n, 1) regression targets).
+``id`` is a sample's row in its split, ``x`` the inputs (any shape: features or images),
+``y`` the targets, as ``runyard.data.shards`` lays them out; dtypes and shapes are those of
+the in-memory path (float32 inputs, int64 classes or float32 (n, 1) regression targets).
 
 A streamed training runs on Ray Train only (never on a warm in-process trainer): the
 driver hands ``ray.data.read_parquet`` datasets to the TorchTrainer, whose workers get
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from runyard.data.shards import STREAM_DIR, STREAMED
+from runyard.data.shards import STREAM_DIR, STREAMED, decode
 from runyard.data.splits import Splits, StreamedSplits
 
 SHUFFLE_BATCHES = 8
@@ -46,6 +46,12 @@ READ_TASKS = 1
 """Parquet files read at once (one read task reads a few hundred thousand rows a second)."""
 BLOCK_BYTES = 16 * 2**20
 """Ray Data's block size when reading: a first batch after 16 MB read, not a whole file."""
+READ_AHEAD_BYTES = 256 * 2**20
+"""Object store memory a streamed split's pipeline may fill ahead of its consumers. Ray
+Data's own limit is a share of the whole store (1.7 GB read ahead on this 24 GB
+machine), and every page of it that a worker reads counts in that worker's RSS: with
+it, a worker's peak RSS grew with the dataset (2.5 GB at 2 GB of Parquet); with 256 MB,
+0.9 GB at the same throughput (``runyard bench -w stream``)."""
 KEEP_VAL_BYTES = 64 * 2**20
 """A validation split of at most this many bytes is read once and then kept in memory
 (Ray Data would otherwise start a pipeline for it every epoch); a larger one streams."""
@@ -84,10 +90,17 @@ def datasets(splits: StreamedSplits) -> dict[str, Any]:
 
 
 def data_config():
-    """Only ``train`` is split between workers; each validates on the whole of ``val``."""
+    """Only ``train`` is split between workers; each validates on the whole of ``val``.
+    Each pipeline reads at most ``READ_AHEAD_BYTES`` ahead of its consumers."""
+    import warnings
+
     from ray.train import DataConfig
 
-    return DataConfig(datasets_to_split=["train"])
+    with warnings.catch_warnings():  # Ray's own defaults set an option it deprecates
+        warnings.simplefilter("ignore")
+        options = DataConfig.default_ingest_options()
+    options.resource_limits = options.resource_limits.copy(object_store_memory=READ_AHEAD_BYTES)
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 def worker_config(splits: StreamedSplits, recipe, where: str = "") -> dict[str, Any]:
@@ -99,7 +112,8 @@ def worker_config(splits: StreamedSplits, recipe, where: str = "") -> dict[str, 
         if getattr(recipe, key, None):
             raise RunyardError(f"{where}recipe.{key}: draws from the whole training split, which a streamed "
                                f"dataset never holds; set stream: false in its files: entry to train in memory")
-    return {"rows": dict(splits.rows or {}), "y_shape": list(splits.y_train.shape[1:])}
+    return {"rows": dict(splits.rows or {}), "y_shape": list(splits.y_train.shape[1:]),
+            "y_dtype": splits.y_train.dtype.str}
 
 
 def quiet_ray_data() -> None:
@@ -145,17 +159,17 @@ class ShardBatches:
     first pass and served from memory: a bounded copy, never the training shard.
     """
 
-    def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, *, shuffle=False, seed=0,
-                 rank=0, world_size=1, augment=None, label="", prestart=False, keep_bytes=0):
+    def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, *, y_dtype="<i8", shuffle=False,
+                 seed=0, rank=0, world_size=1, augment=None, label="", prestart=False, keep_bytes=0):
         self.shard, self.batch_size = shard, batch_size
         self.rows = rows - rows % world_size if label == "train" else rows
         self.per_rank = self.rows // world_size if label == "train" else rows
-        self.input_shape, self.y_shape = tuple(input_shape), tuple(y_shape)
+        self.input_shape, self.y_shape, self.y_dtype = tuple(input_shape), tuple(y_shape), np.dtype(y_dtype)
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.augment, self.label = augment, label
         self.epoch = 0
         self.prestart = prestart
-        row_bytes = 4 * math.prod(self.input_shape) + 8 * math.prod(self.y_shape)
+        row_bytes = 4 * math.prod(self.input_shape) + self.y_dtype.itemsize * math.prod(self.y_shape)
         self.keep = bool(keep_bytes) and self.per_rank * row_bytes <= keep_bytes
         self._started = None  # (thread, box) of a pass begun by start()
         self._kept = None  # the whole split's chunks, once read, when it is kept
@@ -165,8 +179,12 @@ class ShardBatches:
         return math.ceil(self.per_rank / self.batch_size)
 
     def _chunks(self):
-        return iter(self.shard.iter_torch_batches(batch_size=SHUFFLE_BATCHES * self.batch_size, device="cpu",
-                                                  drop_last=False, prefetch_batches=PREFETCH_CHUNKS))
+        """This pass's chunks as NumPy arrays ``(ids, x, y)``, decoded without a copy."""
+        tables = self.shard.iter_batches(batch_size=SHUFFLE_BATCHES * self.batch_size, batch_format="pyarrow",
+                                         drop_last=False, prefetch_batches=PREFETCH_CHUNKS)
+        for t in tables:
+            yield (t.column("id").to_numpy(), decode(t.column("x"), np.float32, self.input_shape),
+                   decode(t.column("y"), self.y_dtype, self.y_shape))
 
     def start(self) -> None:
         """Begin the next pass over the shard (up to its first chunk) in the background."""
@@ -229,19 +247,17 @@ class ShardBatches:
         # Ray Data hands over SHUFFLE_BATCHES batches at a time, permuted here with torch:
         # its own local shuffle buffer costs more per row than the model's step does.
         order_gen = torch.Generator().manual_seed(self.seed + epoch)
-        for chunk in self._pass():
-            xs, ys = chunk["x"].reshape(-1, *self.input_shape), chunk["y"].reshape(-1, *self.y_shape)
+        for ids, xs, ys in self._pass():
             if epoch == 0 and self.label == "train":
-                ids = chunk["id"].numpy()
                 count, fingerprint = count + len(ids), (fingerprint + digest(ids)) % 2**64
                 # Before the last batch's step: Lightning stops asking after len(self) batches.
                 if count >= self.per_rank:
                     print(f"runyard: streamed shard rank={self.rank} world={self.world_size} epoch=0 "
                           f"rows={count} digest={fingerprint:#018x}", flush=True)
-            order = torch.randperm(len(ys), generator=order_gen) if self.shuffle else torch.arange(len(ys))
+            order = (torch.randperm(len(ys), generator=order_gen) if self.shuffle else torch.arange(len(ys))).numpy()
             for start in range(0, len(ys), self.batch_size):
-                take = order[start:start + self.batch_size]
-                x, y = xs[take], ys[take]
+                take = order[start:start + self.batch_size]  # a copy of Arrow's read-only rows: torch may own it
+                x, y = torch.from_numpy(xs[take]), torch.from_numpy(ys[take])
                 yield (x, y) if gen is None else augmentation.augment(x, y, self.augment, gen)
 
 
@@ -252,10 +268,11 @@ def data_module(train_shard, val_shard, stream: dict[str, Any], input_shape, bat
     import lightning.pytorch as pl
 
     quiet_ray_data()
-    train = ShardBatches(train_shard, stream["rows"]["train"], batch_size, input_shape, stream["y_shape"],
+    y_layout = {"y_shape": stream["y_shape"], "y_dtype": stream["y_dtype"]}
+    train = ShardBatches(train_shard, stream["rows"]["train"], batch_size, input_shape, **y_layout,
                          shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, augment=augment,
                          label="train", prestart=True)
-    val = ShardBatches(val_shard, stream["rows"]["val"], 4096, input_shape, stream["y_shape"], label="val",
+    val = ShardBatches(val_shard, stream["rows"]["val"], 4096, input_shape, **y_layout, label="val",
                        keep_bytes=KEEP_VAL_BYTES)
     train.start()  # Ray Data's first pipeline starts while the model and trainer are set up
     if val.keep:  # and the validation split's once training has its first chunk: read during epoch 0
