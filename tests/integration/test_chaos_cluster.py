@@ -43,6 +43,11 @@ def write_search(root: Path) -> None:
             "space": {"recipe.lr": {"loguniform": [0.001, 0.05]}},
         },
     }))
+    # A trial checkpoint every epoch (else only at ASHA's rungs and the end): the killed
+    # trial continues from its last epoch.
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("checkpoint_every: 0", "checkpoint_every: 1"))
+    assert "checkpoint_every: 1" in params.read_text()
 
 
 def epochs_logged(db: Path) -> dict[str, int]:

@@ -129,6 +129,10 @@ def replace_with_newer(checkpoint: Path) -> None:
 def test_killed_search_resumes_without_rerunning_trials(prepared):
     # No pruning before epoch 6: the later trials run long enough for the kill to find one running.
     write_search(prepared, num_samples=4, epochs=12, grace_period=6)
+    # A checkpoint every epoch (else only at the rung and the end): one to resume from mid-trial.
+    params = prepared / "params.yaml"
+    params.write_text(params.read_text().replace("checkpoint_every: 0", "checkpoint_every: 1"))
+    assert "checkpoint_every: 1" in params.read_text()
     proc = subprocess.Popen(
         [sys.executable, "-m", "runyard", "tune", NAME], cwd=prepared, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,

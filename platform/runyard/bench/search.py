@@ -9,8 +9,9 @@
 2. ASHA vs random: the same 32 sampled configurations (same searcher seed) with FIFO
    and with ASHA; compute = epochs trained by all trials until the first trial reaches
    val/acc >= 0.92 (test accuracy is only measured for the best model).
-Both searches go through runyard's real path: Tune trials, per-epoch checkpoints and
-reports, child runs written to an MLflow sqlite store.
+Both searches go through runyard's real path: Tune trials, per-epoch reports, the
+checkpoints a trial saves (``tuning.results.checkpointed_reports``), child runs written
+to an MLflow sqlite store.
 """
 
 from __future__ import annotations

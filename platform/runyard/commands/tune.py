@@ -44,7 +44,8 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
         children = ChildRuns(client, tracking.experiment_id(exp), parent, max_epochs(exp))
         try:
             grid = run_search(exp, info, splits, params.seed, storage, f"{name}-search-{parent}", study,
-                              children, resume=parent_id is not None, retry_errored=retry_errored)
+                              children, resume=parent_id is not None, retry_errored=retry_errored,
+                              checkpoint_every=params.ray.checkpoint_every)
             children.reconcile(grid)
         finally:
             children.close_open()

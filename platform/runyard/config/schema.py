@@ -43,7 +43,8 @@ class RayParams(Strict):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: Annotated[int, Field(ge=0)] = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
-    """Epochs between checkpoints; 0 keeps only the final model."""
+    """Epochs between checkpoints; 0 keeps only the final model (a search trial also
+    checkpoints where its scheduler may stop it)."""
     storage_path: str | None = None
     """Where Ray Train persists checkpoints; None: .runyard/ray in the project.
     On a multi-node cluster this must be shared storage (NFS path or s3://)."""

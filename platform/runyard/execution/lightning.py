@@ -120,20 +120,33 @@ def distribution(world: int, use_gpu: bool, find_unused_parameters: bool = False
 
 
 class ReportEpochs(pl.Callback):
-    """After every epoch, hand its metrics and a checkpoint to Ray (a Tune trial, or a
-    Train run inside one): the scheduler reads them and may stop the trial there, and
-    a resumed search continues the trial from its last epoch."""
+    """After every epoch, hand its metrics to Ray (a Tune trial, or a Train run inside
+    one), the scheduler reads them and may stop the trial there; with a checkpoint at the
+    reports in ``checkpoint_at`` (epochs from 1; None: all, ``tuning.results.checkpointed_reports``)
+    and at the last epoch. A resumed search continues the trial from its latest one."""
 
-    def __init__(self, report, checkpoint_cls):
+    def __init__(self, report, checkpoint_cls, checkpoint_at: list[int] | None = None):
         self.report, self.checkpoint_cls = report, checkpoint_cls
+        self.checkpoint_at = None if checkpoint_at is None else set(checkpoint_at)
 
     def on_train_epoch_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         metrics["epoch"] = trainer.current_epoch
+        if not self._checkpointed(trainer):
+            self.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save_checkpoint(Path(tmp) / CKPT_FILE)
             ckpt = self.checkpoint_cls.from_directory(tmp) if trainer.global_rank == 0 else None
             self.report(metrics, checkpoint=ckpt)
+
+
+    def _checkpointed(self, trainer) -> bool:
+        report = trainer.current_epoch + 1
+        # Early stopping decided at validation, before this hook; epochs or steps used up.
+        last = (trainer.should_stop or 0 < (trainer.max_epochs or 0) <= report
+                or 0 < (trainer.max_steps or 0) <= trainer.global_step)
+        return self.checkpoint_at is None or last or report in self.checkpoint_at
 
 
 class Freeze(pl.Callback):

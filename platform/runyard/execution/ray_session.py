@@ -26,7 +26,7 @@ TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    # A search checkpoints every trial every epoch (tiny files) so it can resume anywhere;
+    # A search's trials checkpoint often (tiny files: tuning.results.checkpointed_reports);
     # Tune's warning about the resulting state snapshots is noise for course-sized trials.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Ctrl-C is an interruption (runs end KILLED, `--resume` continues), not Tune's

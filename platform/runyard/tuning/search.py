@@ -36,19 +36,20 @@ from runyard.tracking.client import RetryingClient
 from runyard.tracking.models import log_pytorch_model
 from runyard.tuning import adapter
 from runyard.tuning.children import OUTCOME_TAG
-from runyard.tuning.results import best_weights, max_epochs, trial_count
+from runyard.tuning.results import best_weights, checkpointed_reports, max_epochs, trial_count
 from runyard.tuning.space import apply, decode, tune_domains
 from runyard.tuning.sweep import record_sweep, record_trials
 from runyard.tuning.trial import run_trial
 
 
 def run_search(exp: Experiment, info, splits, seed: int, storage: Path, run_name: str, study: str,
-               children, *, resume: bool, retry_errored: bool):
-    """Run (or resume) the Tune search of ``exp``; ``children`` logs its trials. Tune's ResultGrid."""
+               children, *, resume: bool, retry_errored: bool, checkpoint_every: int = 0):
+    """Run (or resume) the Tune search of ``exp``; ``children`` logs its trials. Tune's ResultGrid.
+    ``checkpoint_every``: epochs between a trial's checkpoints besides those its scheduler needs."""
     search = exp.search
     trainable = tune.with_parameters(
         run_trial, experiment=exp.model_dump(mode="json", by_alias=True), info=info, splits=splits, seed=seed,
-        storage_path=str(storage / "trials"),
+        storage_path=str(storage / "trials"), checkpoint_at=checkpointed_reports(exp, checkpoint_every),
     )
     # A data-parallel trial's actor only waits for its Ray Train workers, which hold the
     # CPUs. Even 0.01 CPU would leave 2 one-CPU workers unplaceable on 2 cores, and Tune

@@ -27,8 +27,10 @@ from runyard.tuning.space import apply, decode
 
 def run_trial(
     config: dict[str, Any], *, experiment: dict, info: DatasetInfo, splits, seed: int, storage_path: str,
+    checkpoint_at: list[int] | None = None,
 ) -> None:
-    """Ray Tune's function trainable; ``config`` holds this trial's sampled values."""
+    """Ray Tune's function trainable; ``config`` holds this trial's sampled values.
+    ``checkpoint_at``: the reports a one-worker trial checkpoints (``results.checkpointed_reports``)."""
     from runyard.execution.lightning import quiet_lightning
 
     quiet_lightning()
@@ -39,16 +41,17 @@ def run_trial(
     elif exp.search.workers_per_trial > 1:
         _data_parallel(trial, exp.search, info, splits, seed, storage_path)
     else:
-        _in_process(trial, exp.search, info, splits, seed)
+        _in_process(trial, exp.search, info, splits, seed, checkpoint_at)
 
 
-def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
+def _in_process(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int,
+                checkpoint_at: list[int] | None) -> None:
     from runyard.execution.lightning import ReportEpochs
     from runyard.execution.local import fit_local
 
     with resume_path(tune.get_checkpoint()) as ckpt_path:
         fit_local(exp, info, splits, seed=seed, cpus=search.cpus_per_worker,
-                  callbacks=[ReportEpochs(tune.report, tune.Checkpoint)], ckpt_path=ckpt_path)
+                  callbacks=[ReportEpochs(tune.report, tune.Checkpoint, checkpoint_at)], ckpt_path=ckpt_path)
 
 
 def _cross_validated(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int) -> None:
