@@ -24,13 +24,15 @@ system:
 
 setup: $(STAMP)
 
-# torch first, pinned, with pip: the CPU build on this machine's disk (pip's find-links),
-# not a multi-GB CUDA download. The rest with uv, which resolves and installs the same
-# packages in a quarter of pip's time (22 s against 97 s, no cache) and keeps that torch.
+# Everything with uv, which resolves and installs in a fraction of pip's time
+# (docs/benchmarks.md, "Set-up"). uv does not read pip's configuration: where pip's
+# find-links name a folder of wheels (the pinned torch's CPU build on this machine's
+# disk, not a multi-GB CUDA download), uv is given it too.
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null))
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0 uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev]"
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python $(addprefix --find-links ,$(FIND_LINKS)) -e ".[dev]"
 	touch $@
 
 ui: $(STAMP)  ## the MLflow UI on the embedded store: http://127.0.0.1:5000
