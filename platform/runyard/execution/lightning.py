@@ -121,9 +121,10 @@ def distribution(world: int, use_gpu: bool, find_unused_parameters: bool = False
 
 class ReportEpochs(pl.Callback):
     """After every epoch, hand its metrics to Ray (a Tune trial, or a Train run inside
-    one), the scheduler reads them and may stop the trial there; with a checkpoint at the
-    reports in ``checkpoint_at`` (epochs from 1; None: all, ``tuning.results.checkpointed_reports``)
-    and at the last epoch. A resumed search continues the trial from its latest one."""
+    one): the scheduler reads them and may stop the trial there. A checkpoint goes with
+    the reports in ``checkpoint_at`` (epochs from 1; None: all; see
+    ``tuning.results.checkpointed_reports``) and with the last epoch's; a resumed search
+    continues the trial from its latest checkpoint."""
 
     def __init__(self, report, checkpoint_cls, checkpoint_at: list[int] | None = None):
         self.report, self.checkpoint_cls = report, checkpoint_cls

@@ -26,8 +26,8 @@ def max_epochs(exp: Experiment) -> int:
 
 
 def checkpointed_reports(exp: Experiment, every: int = 0) -> list[int] | None:
-    """The reports (epochs, from 1) a one-worker trial saves a checkpoint with besides its
-    last; None: every report.
+    """The reports (epochs, from 1) with which a one-worker trial saves a checkpoint, its
+    last among them; None: every report.
 
     A checkpoint is what the best trial's weights are read from and what a resumed or
     retried trial continues from; saving one every epoch cost 15% of a 32-trial search
