@@ -199,7 +199,8 @@ def config_reference() -> str:
     datasets = _dataset_sections()
     if datasets:
         out += ["### `datasets.<name>`: the dataset builders' arguments\n",
-                "Each dataset's section under `datasets:` is checked by that builder's own model.\n"]
+                "Each dataset's section under `datasets:` (or `catalogue.datasets:`) is checked by that "
+                "builder's own model.\n"]
         for name, args in datasets:
             out += [f"#### `datasets.{name}`\n", _table(config_fields(args, f"datasets.{name}.")) if args.model_fields
                     else "No arguments.", ""]

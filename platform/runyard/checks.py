@@ -44,12 +44,18 @@ def check_params(project, params) -> None:
     where = project.rel(project.params_file)
     for name, args in params.datasets.items():
         dataset_params(name, args, where=f"{where}: datasets.{name}")
-    for name, args in params.files.items():
+    for name, args in params.catalogue.datasets.items():
         if name in params.datasets:
-            raise RunyardError(f"{where}: files.{name}: also under datasets:; a dataset is one or the "
-                               f"other (both would write data/{name})")
+            raise RunyardError(f"{where}: catalogue.datasets.{name}: also under datasets:; a dataset is "
+                               f"one or the other (both would write data/{name})")
+        dataset_params(name, args, where=f"{where}: catalogue.datasets.{name}")
+    for name, args in params.files.items():
+        for other, section in ((params.datasets, "datasets"), (params.catalogue.datasets, "catalogue.datasets")):
+            if name in other:
+                raise RunyardError(f"{where}: files.{name}: also under {section}:; a dataset is one or the "
+                                   f"other (both would write data/{name})")
         dataset_params(name, args, where=f"{where}: files.{name}", files=True)
-    known = [*DATASETS, *params.datasets, *params.files]
+    known = [*DATASETS, *params.datasets, *params.catalogue.datasets, *params.files]
     for section, mapping in params.dataset_maps().items():
         for exp, ds in mapping.items():
             if not project.pipeline_file(exp).is_file():

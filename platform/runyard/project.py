@@ -83,15 +83,19 @@ class Project:
 
     def dataset_names(self) -> list[str]:
         """Every dataset an experiment may name: the built-in ones, and params.yaml's."""
-        return list(dict.fromkeys([*DATASETS, *self.params.datasets, *self.files]))
+        return list(dict.fromkeys([*DATASETS, *self.params.datasets, *self.params.catalogue.datasets,
+                                   *self.files]))
 
     def dataset_section(self, dataset: str) -> tuple[dict[str, Any], bool, str]:
         """A dataset's params.yaml section, whether it is a ``files:`` entry, and where it is."""
+        params = self.rel(self.params_file)
         if dataset in self.files:
-            return self.files[dataset], True, f"{self.rel(self.params_file)}: files.{dataset}"
+            return self.files[dataset], True, f"{params}: files.{dataset}"
+        if dataset in self.params.catalogue.datasets:
+            return self.params.catalogue.datasets[dataset], False, f"{params}: catalogue.datasets.{dataset}"
         if dataset not in self.dataset_names():
             raise RunyardError(f"unknown dataset {dataset!r}; allowed: {', '.join(self.dataset_names())}")
-        return self.params.datasets.get(dataset, {}), False, f"{self.rel(self.params_file)}: datasets.{dataset}"
+        return self.params.datasets.get(dataset, {}), False, f"{params}: datasets.{dataset}"
 
     def dataset_args(self, dataset: str):
         """The typed builder arguments for one dataset (defaults where params.yaml is silent)."""
@@ -142,7 +146,7 @@ class Project:
         if tuple(splits.x_train.shape[1:]) != tuple(info.input_shape):
             raise RunyardError(
                 f"{self.rel(data_dir)}: inputs have shape {tuple(splits.x_train.shape[1:])} but "
-                f"{self.rel(self.params_file)}: datasets.{exp.dataset} makes {tuple(info.input_shape)}; "
+                f"{self.dataset_section(exp.dataset)[2]} makes {tuple(info.input_shape)}; "
                 f"run `runyard prepare {exp.dataset}` again"
             )
         splits = view_splits(splits, exp)

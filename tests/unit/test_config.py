@@ -54,6 +54,9 @@ def test_catalogue_stages_resolve_in_dvc(project_dir):
     for name in catalogue.finetunes:
         verbs = ("finetune", "evaluate_finetune", "register_finetune")
         assert {f"{prefix}{verb}@{name}" for verb in verbs} <= set(listed)
+    # The catalogue prepares its own data; the root dvc.yaml does not.
+    assert catalogue.datasets and {f"{prefix}prepare@{name}" for name in catalogue.datasets} <= set(listed)
+    assert not {f"prepare@{name}" for name in catalogue.datasets} & set(listed)
 
 
 def test_defaults_are_the_embedded_setup(project):
@@ -109,6 +112,14 @@ PARAMS_CASES = [
      ["params.yaml: catalogue.searches.mnist1d_cnn: pipelines/mnist1d_cnn.yaml has no search: section"]),
     (set_in("catalogue", "finetunes", "mnist1d_cnn", value={"dataset": "mnist1d", "from": "mnist1d_mlp"}),
      ["params.yaml: catalogue.finetunes.mnist1d_cnn.from: says 'mnist1d_mlp'", "init.from says None"]),
+    (set_in("catalogue", "datasets", "shapes", value={"size": 4}),
+     ["params.yaml: catalogue.datasets.shapes: size:", "greater than or equal to 8"]),
+    (set_in("catalogue", "datasets", "karate", value={"label": 1}),
+     ["params.yaml: catalogue.datasets.karate: label: unknown key", "labels_per_class"]),
+    (set_in("datasets", "karate", value={}),
+     ["params.yaml: catalogue.datasets.karate: also under datasets:", "both would write data/karate"]),
+    (set_in("files", "graphs", value={"source": "data/raw/graphs.csv", "target": "y"}),
+     ["params.yaml: files.graphs: also under catalogue.datasets:", "both would write data/graphs"]),
 ]
 
 
@@ -121,6 +132,16 @@ def test_bad_params_are_one_line_naming_key(project, change, expected):
     assert "\n" not in msg
     for fragment in expected:
         assert fragment in msg
+
+
+def test_catalogue_dataset_resolves_to_its_section(project):
+    assert {"karate", "shapes_seg"} <= set(project.dataset_names())
+    assert project.dataset_section("karate") == ({}, False, "params.yaml: catalogue.datasets.karate")
+    assert project.dataset_section("mnist1d")[2] == "params.yaml: datasets.mnist1d"
+    edit_yaml(project.params_file, set_in("catalogue", "datasets", "karate", value={"labels_per_class": 3}))
+    fresh = Project(project.root)
+    assert fresh.dataset_section("karate") == ({"labels_per_class": 3}, False, "params.yaml: catalogue.datasets.karate")
+    assert fresh.dataset_args("karate").labels_per_class == 3
 
 
 PIPELINE_CASES = [

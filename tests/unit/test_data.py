@@ -230,7 +230,7 @@ def test_splits_load_names_missing_file_and_hint(tmp_path):
     msg = str(err.value)
     assert msg.startswith("data/digits: missing y_val.npy;")
     assert "x_train.npy" not in msg
-    assert "`dvc repro prepare@digits`" in msg and "runyard prepare digits" in msg
+    assert "stage prepare@digits" in msg and "`runyard prepare digits`" in msg
     assert "\n" not in msg
 
 
@@ -238,7 +238,7 @@ def test_splits_load_on_absent_dir_names_every_file(tmp_path):
     with pytest.raises(RunyardError) as err:
         split_store.load(tmp_path / "mnist1d", "data/mnist1d")
     assert all(f"{k}.npy" in str(err.value) for k in KEYS)
-    assert "dvc repro prepare@mnist1d" in str(err.value)
+    assert "runyard prepare mnist1d" in str(err.value)
 
 
 def test_splits_save_is_atomic_and_replaces(tmp_path):

@@ -292,7 +292,7 @@ def test_prepare_twice_is_byte_identical(project, name):
     from runyard.commands.prepare import prepare
 
     params = yaml.safe_load(project.params_file.read_text())
-    params["datasets"] = {"graphs": {"graphs_per_class": 20}}
+    params["catalogue"]["datasets"]["graphs"] = {"graphs_per_class": 20}
     project.params_file.write_text(yaml.safe_dump(params))
     first = {p.name: p.read_bytes() for p in prepare(project, name).iterdir()}
     second = {p.name: p.read_bytes() for p in prepare(project, name).iterdir()}
@@ -405,9 +405,10 @@ def test_gcn_on_non_graph_data_is_a_config_error():
 
 def test_cli_bad_graph_params_fail_in_one_line_before_any_work(project_dir):
     params = yaml.safe_load((project_dir / "params.yaml").read_text())
-    params["datasets"]["graphs"] = {"min_nodes": 24, "max_nodes": 20}
+    params["catalogue"]["datasets"]["graphs"] = {"min_nodes": 24, "max_nodes": 20}
     (project_dir / "params.yaml").write_text(yaml.safe_dump(params))
     before = files_under(project_dir)
     line = one_line_error(runyard_cli("prepare", "graphs", cwd=project_dir))
-    assert line == "runyard: error: params.yaml: datasets.graphs: max_nodes: must be at least min_nodes (24) (got 20)"
+    assert line == ("runyard: error: params.yaml: catalogue.datasets.graphs: max_nodes: "
+                    "must be at least min_nodes (24) (got 20)")
     assert files_under(project_dir) == before

@@ -96,7 +96,7 @@ def test_info_follows_the_image_size(project):
     assert info.task == "segmentation" and info.input_shape == (1, 20, 20)
     assert info.num_classes == 4 and tasks.get(info.task).output_shape(info) == (4, 20, 20)
     params = yaml.safe_load(project.params_file.read_text())
-    params["datasets"]["shapes_seg"] = {"size": 24}
+    params["catalogue"]["datasets"]["shapes_seg"] = {"size": 24}
     project.params_file.write_text(yaml.safe_dump(params))
     from runyard.project import Project
 
@@ -164,7 +164,7 @@ def test_seg_one_shape_per_image():
 
 def test_prepare_shapes_seg_twice_is_byte_identical_and_stale_data_is_refused(project):
     params = yaml.safe_load(project.params_file.read_text())
-    params["datasets"]["shapes_seg"] = SMALL
+    params["catalogue"]["datasets"]["shapes_seg"] = SMALL
     project.params_file.write_text(yaml.safe_dump(params))
     from runyard.project import Project
 
@@ -176,7 +176,7 @@ def test_prepare_shapes_seg_twice_is_byte_identical_and_stale_data_is_refused(pr
     loaded = split_store.load(out, "data/shapes_seg")
     assert loaded.y_train.dtype == np.uint8 and loaded.x_train.shape == (30, 1, 16, 16)
     # A pipeline reading it after params.yaml changed the size is told to prepare again.
-    params["datasets"]["shapes_seg"] = {**SMALL, "size": 24}
+    params["catalogue"]["datasets"]["shapes_seg"] = {**SMALL, "size": 24}
     project.params_file.write_text(yaml.safe_dump(params))
     with pytest.raises(RunyardError) as err:
         Project(project.root).load_inputs("shapes_unet")

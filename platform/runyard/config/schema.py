@@ -76,10 +76,14 @@ class Finetune(Strict):
 
 class Catalogue(Strict):
     """The rest of the course's experiments: stages of pipelines/catalogue/dvc.yaml, which
-    plain ``dvc repro`` does not run. ``experiments`` and ``searches`` map a name to its
-    dataset, like the top-level keys; ``finetunes`` also names the model each starts from,
-    so that DVC trains the source first."""
+    plain ``dvc repro`` does not run. ``datasets`` holds the data only they read;
+    ``experiments`` and ``searches`` map a name to its dataset, like the top-level keys;
+    ``finetunes`` also names the model each starts from, so that DVC trains the source first."""
 
+    datasets: dict[str, dict[str, Any]] = {}
+    """Built-in datasets only the catalogue reads, with their builder arguments like the
+    top-level ``datasets:``; prepared by pipelines/catalogue/dvc.yaml's prepare stages, so
+    plain ``dvc repro`` does not build them."""
     experiments: dict[str, str] = {}
     searches: dict[str, str] = {}
     finetunes: dict[str, Finetune] = {}

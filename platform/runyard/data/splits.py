@@ -64,8 +64,8 @@ def load(data_dir: Path, where: str) -> Splits:
     missing = [f"{k}.npy" for k in _keys() if not (data_dir / f"{k}.npy").is_file()]
     if missing:
         raise RunyardError(
-            f"{where}: missing {', '.join(missing)}; run `dvc repro prepare@{data_dir.name}` "
-            f"(or `runyard prepare {data_dir.name}`) first"
+            f"{where}: missing {', '.join(missing)}; run `runyard prepare {data_dir.name}` "
+            f"(DVC's stage prepare@{data_dir.name}) first"
         )
     if (data_dir / "stream").is_dir():  # prepared with stream: true (runyard.data.streaming)
         # The test split whole (evaluation and the logged model's example read it); the
