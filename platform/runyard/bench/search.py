@@ -5,7 +5,10 @@
    cores. Ideal wall time = the sum of the trials' plain-loop times / cores (one
    plain-loop trial on one thread, timed in this process after a warm-up: the median of
    a few runs, times 32). Efficiency =
-   ideal / actual: the share of the cores' time spent training.
+   ideal / actual: the share of the cores' time spent training. Where the rest goes:
+   the trials' own seconds (Tune's ``time_total_s``) against the cores' seconds, and a
+   one-worker Lightning trial alone (``fit_local``, timed like the plain loop) against
+   the plain loop: Lightning's share, the search's share, the driver's share.
 2. ASHA vs random: the same 32 sampled configurations (same searcher seed) with FIFO
    and with ASHA; compute = epochs trained by all trials until the first trial reaches
    val/acc >= 0.92 (test accuracy is only measured for the best model).
@@ -55,6 +58,28 @@ def plain_trial(splits, repeat: int = 3) -> dict[str, Any]:
     return {"repeats": walls, **asdict(s), "noisy": noisy(s)}
 
 
+def lightning_trial(splits, repeat: int = 3) -> dict[str, Any]:
+    """The same trial as ``plain_trial`` through runyard's in-process Lightning fit (what a
+    one-worker trial runs), on one thread, alone: Lightning's own cost per trial."""
+    from dataclasses import asdict
+
+    from runyard.bench import noisy, pinned_threads, stats, with_epochs
+    from runyard.data import dataset_info
+    from runyard.execution.local import fit_local
+
+    exp, info = search_experiment("fifo"), dataset_info("mnist1d")
+
+    def once(e) -> float:
+        with pinned_threads(1):
+            t0 = time.perf_counter()
+            fit_local(e, info, splits, seed=0, cpus=1)
+            return time.perf_counter() - t0
+
+    once(with_epochs(exp, 1))
+    s = stats(once(exp) for _ in range(max(1, repeat)))
+    return {**asdict(s), "noisy": noisy(s)}
+
+
 def run_search(exp, splits, store: Path) -> dict[str, Any]:
     import mlflow
 
@@ -77,8 +102,9 @@ def run_search(exp, splits, store: Path) -> dict[str, Any]:
     # Every report of every trial, in the order they happened: epochs spent until the target.
     rows = sorted((r["timestamp"], r["val/acc"]) for res in grid for r in res.metrics_dataframe.to_dict("records"))
     reached = next((i + 1 for i, (_, acc) in enumerate(rows) if acc >= TARGET), None)
+    trial_s = [res.metrics["time_total_s"] for res in grid]  # each trial's start to its last report
     return {"wall_s": wall, "epochs_total": len(rows), "epochs_to_target": reached,
-            "best_val_acc": max(acc for _, acc in rows)}
+            "best_val_acc": max(acc for _, acc in rows), "trials_s": sum(trial_s)}
 
 
 def run(console, repeat: int = 3) -> dict[str, Any]:
@@ -91,16 +117,25 @@ def run(console, repeat: int = 3) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     console.print(f"  one plain-loop trial on one thread, {repeat} time(s) after a warm-up")
     plain = plain_trial(splits, repeat)
+    console.print(f"  one Lightning trial (runyard's in-process fit) on one thread, {repeat} time(s)")
+    lightning = lightning_trial(splits, repeat)
     single = plain["median"]  # the search is run once: compare it with the trial's typical time
     results: dict[str, Any] = {"cores": cores, "trials": TRIALS, "plain_trial_s": single, "plain_trial": plain,
-                               "ideal_wall_s": TRIALS * single / cores}
+                               "lightning_trial": lightning, "ideal_wall_s": TRIALS * single / cores}
     with tempfile.TemporaryDirectory() as tmp:
         for scheduler in ("fifo", "asha"):
             console.print(f"  {TRIALS} trials, random search, {scheduler}")
             results[scheduler] = run_search(search_experiment(scheduler), splits, Path(tmp) / scheduler)
-    results["efficiency"] = results["ideal_wall_s"] / results["fifo"]["wall_s"]
-    fifo, asha = results["fifo"]["epochs_to_target"], results["asha"]["epochs_to_target"]
-    results["asha_compute_ratio"] = asha / fifo if fifo and asha else None
+    fifo = results["fifo"]
+    results["efficiency"] = results["ideal_wall_s"] / fifo["wall_s"]
+    # The efficiency's three factors: Lightning's cost alone, what running inside the search
+    # adds to a trial (the driver, Tune and the other trials on the same cores), and the
+    # cores' time outside any trial (start-up, the last trials' tail).
+    results["lightning_vs_plain"] = lightning["median"] / single
+    results["trial_vs_lightning"] = fifo["trials_s"] / TRIALS / lightning["median"]
+    results["in_trials"] = fifo["trials_s"] / (cores * fifo["wall_s"])
+    to_target = fifo["epochs_to_target"], results["asha"]["epochs_to_target"]
+    results["asha_compute_ratio"] = to_target[1] / to_target[0] if all(to_target) else None
     return results
 
 
@@ -115,6 +150,11 @@ def report(out: Path, console, repeat: int = 3) -> dict[str, Any]:
         f"{r['trials']} trials on {r['cores']} cores: {r['fifo']['wall_s']:.1f} s against an ideal "
         f"{r['ideal_wall_s']:.1f} s (plain-loop trial {r['plain_trial_s']:.2f} s x {r['trials']} / {r['cores']}): "
         f"{r['efficiency']:.0%} of the cores' time spent training"
+    )
+    console.print(
+        f"  where the rest goes: a Lightning trial alone is {r['lightning_vs_plain']:.2f}x the plain loop, "
+        f"inside the search {r['trial_vs_lightning']:.2f}x that; the trials fill {r['in_trials']:.0%} "
+        f"of the cores' time"
     )
     p = r["plain_trial"]
     spread = "-" if p["spread"] is None else f"{p['spread']:.0%}"
