@@ -219,7 +219,7 @@ def serve(path: str, root: str) -> None:
     last = time.monotonic()
     try:
         while _same_socket(mine, sock_path):
-            children, ended = _reap(children)
+            ended = _reap(children)
             if ended or children:
                 last = time.monotonic()
             if not children and time.monotonic() - last > IDLE_S:
@@ -259,7 +259,8 @@ def _same_user(conn: socket.socket) -> bool:
     return struct.unpack("3i", creds)[1] == os.getuid()
 
 
-def _reap(children: set[int]) -> tuple[set[int], bool]:
+def _reap(children: set[int]) -> bool:
+    """Drop the commands that have ended from ``children``; whether any had."""
     ended = False
     for pid in list(children):
         with contextlib.suppress(ChildProcessError):
@@ -268,7 +269,7 @@ def _reap(children: set[int]) -> tuple[set[int], bool]:
                 continue
         children.discard(pid)
         ended = True
-    return children, ended
+    return ended
 
 
 def _child(conn: socket.socket) -> None:

@@ -159,7 +159,7 @@ class ShardBatches:
     first pass and served from memory: a bounded copy, never the training shard.
     """
 
-    def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, *, y_dtype="<i8", shuffle=False,
+    def __init__(self, shard, rows: int, batch_size: int, input_shape, y_shape, y_dtype, *, shuffle=False,
                  seed=0, rank=0, world_size=1, augment=None, label="", prestart=False, keep_bytes=0):
         self.shard, self.batch_size = shard, batch_size
         self.rows = rows - rows % world_size if label == "train" else rows
