@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -128,6 +129,12 @@ def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
     (parent,) = [r for r in runs_of(c, SEARCH) if r.data.tags.get("runyard.kind") == "search"]
     assert parent.data.tags["runyard.git.commit"] == head
     assert_sweep(c, root, parent, [r for r in runs_of(c, SEARCH) if r.info.run_id != parent.info.run_id])
+
+    # A fresh clone has no DVC cache and no models/: its search runs again (the best model
+    # is the tune stage's out), although git holds the search's metrics/tune/ file.
+    shutil.rmtree(root / ".dvc" / "cache")
+    shutil.rmtree(root / "models" / SEARCH)
+    assert f"Running stage 'tune@{SEARCH}'" in dvc("repro", "--dry", cwd=root).stdout
 
 
 def assert_sweep(c, root: Path, parent, children) -> None:

@@ -87,6 +87,12 @@ def assert_nested_search(root: Path, name: str, num_samples: int, epochs: int) -
     assert client(root).get_model_version_by_alias(name, "champion").run_id == parent.info.run_id
     summary = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
     assert summary["best_value"] == pytest.approx(max(full)) and summary["trials"] == num_samples
+    # models/<name>/: the best trial's model, the tune stage's DVC out
+    record = json.loads((root / "models" / name / "run.json").read_text())
+    assert record["run_id"] == parent.info.run_id and (root / "models" / name / "model.pt").is_file()
+    best_model = {k.removeprefix("best.model."): yaml.safe_load(v) for k, v in parent.data.params.items()
+                  if k.startswith("best.model.")}
+    assert best_model and all(record["model"][k] == v for k, v in best_model.items())
 
 
 def finished_children(root: Path) -> int:

@@ -178,7 +178,7 @@ def test_evaluate_and_register_a_generator(prepared, tracking):
     from runyard.commands.evaluate import evaluate
     from runyard.commands.register import register
     from runyard.commands.report import compare
-    from runyard.commands.train import _record
+    from runyard.commands.train import model_record
     from runyard.models import saved
     from runyard.tracking.client import Tracking
     from runyard.tracking.models import history_csv, log_pytorch_model
@@ -194,7 +194,7 @@ def test_evaluate_and_register_a_generator(prepared, tracking):
         model_uri = log_pytorch_model(net, data.x_test[:5])
         client.log_metric(run_id, "val/inception_score", 1.0, step=0)
     history = {"val/inception_score": [(0, 1.0)]}
-    saved.save(project.model_dir(exp.name), net.state_dict(), _record(project, exp, info, run_id, model_uri),
+    saved.save(project.model_dir(exp.name), net.state_dict(), model_record(project, exp, info, run_id, model_uri),
                extra_files={"history.csv": history_csv(history)})
 
     values = evaluate(project, exp.name)

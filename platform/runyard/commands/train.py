@@ -96,7 +96,7 @@ def _train_deep(project: Project, tracking: Tracking, exp: Experiment, info: Dat
             history = model_logging.history(client, run_id, info.task)
             model_logging.log_learning_curve(name, history, tracking=tracking)
         saved_model.save(
-            project.model_dir(name), result.state_dict, _record(project, exp, info, run_id, model_uri),
+            project.model_dir(name), result.state_dict, model_record(project, exp, info, run_id, model_uri),
             extra_files={"history.csv": model_logging.history_csv(history)},
         )
     discard_storage(storage, name, run_id)
@@ -152,7 +152,7 @@ def _train_classical(project: Project, tracking: Tracking, exp: Experiment, info
             model_uri = model_logging.log_sklearn_model(result.estimator, flatten(splits.x_test[:5]), tracking=tracking)
         history = {k: [(0, result.metrics[k])] for k in tasks.metrics_for(info.task, classical=True)}
         saved_model.save_estimator(
-            project.model_dir(name), result.estimator, _record(project, exp, info, run_id, model_uri),
+            project.model_dir(name), result.estimator, model_record(project, exp, info, run_id, model_uri),
             extra_files={"history.csv": model_logging.history_csv(history)},
         )
     return run_id
@@ -184,8 +184,9 @@ def log_dataset_input(project: Project, dataset: str, splits) -> None:
                      context="training")
 
 
-def _record(project: Project, exp: Experiment, info, run_id: str, model_uri: str) -> dict:
-    """What models/<exp>/ says about the model: where it was logged and what it takes."""
+def model_record(project: Project, exp: Experiment, info, run_id: str, model_uri: str) -> dict:
+    """What models/<exp>/ says about the model: where it was logged and what it takes
+    (a training's, or a search's best trial's with its configuration applied)."""
     return {
         "experiment": exp.name, "run_id": run_id, "model_uri": model_uri,
         "model": exp.model, "input_shape": list(info.input_shape),

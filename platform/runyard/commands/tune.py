@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runyard.commands.train import model_record
 from runyard.config import RayParams
 from runyard.errors import RunyardError
 from runyard.execution import ray_session
+from runyard.models import saved as saved_model
 from runyard.project import Project
 from runyard.tracking import registry
 from runyard.tracking.client import Tracking
@@ -16,6 +18,7 @@ from runyard.tracking.uri import resolve
 from runyard.tuning.children import ChildRuns
 from runyard.tuning.results import max_epochs, trial_count
 from runyard.tuning.search import finish, run_search
+from runyard.tuning.space import apply
 
 KIND_TAG = "runyard.kind"
 """``search`` on a search's parent run: the runs list filters on it."""
@@ -53,6 +56,12 @@ def tune(project: Project, name: str, resume: bool = False, retry_errored: bool 
     reg = registry.register(client, name, summary["model_uri"], parent, exp.optimized_metric,
                             exp.optimized_mode, params.mlflow.champion_alias)
     summary["registered"] = reg.as_dict()
+    # models/<name>/: the best trial's model, as a training leaves its own. It is the tune
+    # stage's DVC out: a fresh clone (no DVC cache) runs the search again, rather than
+    # skipping it on metrics/tune/ that git holds.
+    best = apply(exp, summary["best_config"])
+    saved_model.save(project.model_dir(name), summary.pop("state_dict"),
+                     model_record(project, best, info, summary["parent_run_id"], summary["model_uri"]))
     _write_summary(project, name, summary)
     return summary
 

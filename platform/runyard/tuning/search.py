@@ -156,7 +156,7 @@ def finish(project, exp: Experiment, info, splits, seed: int, grid, parent: str,
     model_uri = log_pytorch_model(net, splits.x_test[:5], tracking=retried)
     return {"experiment": exp.name, "parent_run_id": parent, "metric": metric, "best_value": best.metrics[metric],
             "best_config": config, "best_trial": best.metrics.get("trial_id"), "test": test,
-            "trials": len(outcomes), **counts, "model_uri": model_uri}
+            "trials": len(outcomes), **counts, "model_uri": model_uri, "state_dict": net.state_dict()}
 
 
 def log_trial_costs(exp: Experiment, grid, children) -> dict[str, float]:
