@@ -14,7 +14,10 @@ the next; only the imports are shared. This is the preloading fork server of
 ``multiprocessing``'s "forkserver" start method, for a whole command line.
 
 - Started by the first command that finds none (it waits for the server's imports,
-  which it would have paid itself); stopped after ``IDLE_S`` seconds with no command,
+  which it would have paid itself). In a `dvc repro` that first command also starts the
+  project's local Ray and warm trainer in the background (``execution.warm.warm_up``),
+  beside the server's imports, so the first training finds them up.
+  The server is stopped after ``IDLE_S`` seconds with no command,
   by `runyard local down`, and replaced when runyard's code or the environment that
   imports read changes (the key of its socket; the old one idles out).
 - Ctrl-C and SIGTERM of the client are passed on to the command; if the client dies,
@@ -128,6 +131,8 @@ def run_warm(root: Path, argv: list[str]) -> int | None:
         if conn is None:
             stop(root)  # the project's servers of older code or another environment
             _start_server(root, path)
+            if os.environ.get("DVC_STAGE"):  # a pipeline's first command: trainings follow
+                _start_warm_up(root)
             conn = _connect(path, wait_s=START_S)
         if conn is None:
             return None
@@ -158,6 +163,19 @@ def _start_server(root: Path, path: Path) -> None:
     subprocess.Popen(
         [sys.executable, "-c", f"from runyard.forkserver import serve; serve({str(path)!r}, {str(root)!r})"],
         cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+
+
+def _start_warm_up(root: Path) -> None:
+    """The project's local Ray and warm trainer started beside the server's imports
+    (``execution.warm.warm_up``, by module name: it sits above this module), so that
+    the pipeline's first training finds them up. Its log: .runyard/warm-up.log."""
+    import subprocess
+
+    (root / ".runyard").mkdir(exist_ok=True)
+    log = open(root / ".runyard" / "warm-up.log", "ab")  # noqa: SIM115 (the warm-up's, kept open by it)
+    subprocess.Popen([sys.executable, "-m", "runyard.execution.warm", str(root)], cwd=root,
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
 
 

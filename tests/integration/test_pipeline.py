@@ -85,6 +85,8 @@ def test_dvc_repro_trains_tracks_registers_and_is_incremental(project_dir):
         assert f"Running stage 'train@{name}'" in first.stdout
     assert f"Running stage 'tune@{SEARCH}'" in first.stdout
     assert "database is locked" not in first.stdout + first.stderr
+    # The first stage started the local Ray and the warm trainer beside the command server.
+    assert "local Ray and warm trainer ready" in (root / ".runyard" / "warm-up.log").read_text()
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     c = client(root)

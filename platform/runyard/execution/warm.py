@@ -285,6 +285,28 @@ def fit_warm(cfg: dict, cpus: float, storage_dir: str) -> dict | None:
     return result
 
 
+def warm_up(root: Path) -> str:
+    """Start the project's warm local Ray and warm trainer ahead of its first training; what
+    was done, in words. A `dvc repro`'s first command starts this in the background
+    (``forkserver``), so the first training does not wait for Ray's start and the trainer's
+    imports. Nothing when the project's trainings would not run warm."""
+    import ray
+
+    from runyard.execution import ray_session
+    from runyard.project import Project
+
+    project = Project(root)
+    params = project.params.ray
+    if ray_session.address_of(params) != ray_session.LOCAL or params.local_idle_s <= 0:
+        return "nothing to warm: the project's Ray is not the shared local one"
+    if not (params.num_workers == 1 and not params.use_gpu and params.max_failures == 0
+            and not params.resources_per_worker):
+        return "nothing to warm: the project's trainings run on Ray Train"
+    ray_session.connect(params, project.rel(project.params_file))
+    ray.get(_actor(code_fingerprint()).info.remote())
+    return f"local Ray and warm trainer ready ({ray_session.shared_local()})"
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
@@ -296,3 +318,7 @@ def stop_actor() -> None:
 
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(NAME, namespace=NAMESPACE))
+
+
+if __name__ == "__main__":  # the background warm-up: python -m runyard.execution.warm PROJECT_ROOT
+    print(f"runyard: {warm_up(Path(sys.argv[1]))}", flush=True)
