@@ -368,10 +368,20 @@ def ui(port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port on 
     os.execve(argv[0], argv, {**ENV, **os.environ})
 
 
+_terminated = False
+"""Whether this command got SIGTERM (its exit code is then 143, whatever Ray made of it)."""
+
+
+def _on_sigterm(*_) -> None:
+    global _terminated
+    _terminated = True
+    sys.exit(143)
+
+
 def main() -> None:
     # `ray job stop`, DVC and CI send SIGTERM: turn it into an exception so open
     # MLflow runs are ended (KILLED) instead of left RUNNING.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # OpenMP threads (scikit-learn's gradient boosting) sleep instead of spinning while they
     # wait: on CPUs shared with other work, spinning threads made a 2 s fit take a minute.
@@ -382,3 +392,8 @@ def main() -> None:
     except RunyardError as e:
         typer.echo(f"runyard: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except SystemExit:
+        # Raised inside ray.get or ray.wait, the handler's exit comes back from Ray as SystemExit(1).
+        if _terminated:
+            sys.exit(143)
+        raise

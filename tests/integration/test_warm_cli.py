@@ -99,7 +99,8 @@ def test_a_signal_to_the_caller_reaches_the_command_and_down_stops_the_server(pr
         time.sleep(0.5)
     caller.send_signal(sig)
     out, _ = caller.communicate(timeout=120)
-    assert caller.returncode != 0, out[-2000:]
+    # SIGTERM's 128 + 15 relayed from the command (Ray turns an exit inside ray.wait into 1).
+    assert caller.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), out[-2000:]
     psutil.wait_procs([command], timeout=30)
     assert not command.is_running()
 

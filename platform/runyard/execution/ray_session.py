@@ -7,9 +7,12 @@ never come.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from urllib.parse import urlparse
 
 from runyard.config import RayParams
@@ -97,6 +100,29 @@ def connect(ray_params: RayParams, where: str, need: RayParams | None = None, ne
     for key, value in TRAIN_ENV.items():
         os.environ.setdefault(key, value)
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    with _sigterm_kept():
+        _init(ray_params, address, code, need, need_where, where, quiet)
+    check_resources(need, need_where)
+    return address
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """ray.init installs a SIGTERM handler of its own (exit 15); a handler the caller set
+    stays (the CLI's, which ends the command's MLflow runs KILLED and exits 143)."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init(ray_params: RayParams, address: str, code: tuple[str, ...], need: RayParams, need_where: str,
+          where: str, quiet: dict) -> None:
+    import ray
+
     if address == LOCAL:
         # CPUs and GPUs only: a local Ray's other resources (memory) are known once it runs.
         have = local_resources()
@@ -115,8 +141,6 @@ def connect(ray_params: RayParams, where: str, need: RayParams | None = None, ne
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RunyardError(f"{where}: ray.address: cannot connect to {address}: {first}") from None
-    check_resources(need, need_where)
-    return address
 
 
 _shared: str | None = None
