@@ -59,6 +59,7 @@ def _no_warm_ray_left():
     from runyard.execution import local_ray
 
     for root in _PROJECTS:
+        forkserver.stop_warm_up(root)  # a dvc repro's background warm-up, before the Ray it may start
         if (root / ".runyard" / "local.json").exists():
             local_ray.down(root / ".runyard")
         forkserver.stop(root)  # the project's command server, if a `runyard` command started one

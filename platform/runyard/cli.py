@@ -298,6 +298,7 @@ def local_down():
     from runyard import forkserver
     from runyard.execution import local_ray
 
+    forkserver.stop_warm_up(_project().root)  # first: it could start a head after the next line
     count = local_ray.down(_state_dir())
     typer.echo("local Ray: none was up" if count is None else f"local Ray down: stopped {count} processes")
     servers = forkserver.stop(_project().root)

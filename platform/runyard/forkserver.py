@@ -174,9 +174,27 @@ def _start_warm_up(root: Path) -> None:
 
     (root / ".runyard").mkdir(exist_ok=True)
     log = open(root / ".runyard" / "warm-up.log", "ab")  # noqa: SIM115 (the warm-up's, kept open by it)
-    subprocess.Popen([sys.executable, "-m", "runyard.execution.warm", str(root)], cwd=root,
-                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", WARM_UP, str(root)], cwd=root,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
+    (root / ".runyard" / "warm-up.pid").write_text(str(proc.pid))
+
+
+WARM_UP = "runyard.execution.warm"
+
+
+def stop_warm_up(root: Path) -> None:
+    """Kill the project's warm-up if it still runs: `runyard local down` calls this before
+    stopping the local Ray, so that no warm-up starts a head after it."""
+    import psutil
+
+    pid_file = Path(root) / ".runyard" / "warm-up.pid"
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        proc = psutil.Process(int(pid_file.read_text()))
+        if WARM_UP in proc.cmdline():
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the warm-up alone
+            proc.wait(timeout=10)
+    pid_file.unlink(missing_ok=True)
 
 
 def _send_request(conn: socket.socket, argv: list[str]) -> None:
