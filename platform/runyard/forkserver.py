@@ -14,12 +14,12 @@ the next; only the imports are shared. This is the preloading fork server of
 ``multiprocessing``'s "forkserver" start method, for a whole command line.
 
 - Started by the first command that finds none (it waits for the server's imports,
-  which it would have paid itself). In a `dvc repro` that first command also starts the
-  project's local Ray and warm trainer in the background (``execution.warm.warm_up``),
-  beside the server's imports, so the first training finds them up.
-  The server is stopped after ``IDLE_S`` seconds with no command,
+  which it would have paid itself); stopped after ``IDLE_S`` seconds with no command,
   by `runyard local down`, and replaced when runyard's code or the environment that
   imports read changes (the key of its socket; the old one idles out).
+- In a `dvc repro`, that first command also starts the project's local Ray and warm
+  trainer in the background (``execution.warm.warm_up``) beside the server's imports,
+  so the pipeline's first training finds them up.
 - Ctrl-C and SIGTERM of the client are passed on to the command; if the client dies,
   the command gets SIGTERM, so its MLflow runs end KILLED as a killed process's do.
 - ``RUNYARD_WARM_CLI=0`` turns it off: every command runs in its own process. If the
