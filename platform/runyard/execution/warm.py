@@ -50,8 +50,13 @@ def eligible(ray_params, code_paths) -> bool:
     """Whether a training with these settings runs on the warm trainer (else Ray Train)."""
     from runyard.execution import ray_session
 
-    return bool(ray_session.shared_local() and ray_params.num_workers == 1 and not ray_params.use_gpu
-                and ray_params.max_failures == 0 and not ray_params.resources_per_worker and not code_paths)
+    return bool(ray_session.shared_local() and _one_plain_worker(ray_params) and not code_paths)
+
+
+def _one_plain_worker(ray_params) -> bool:
+    """One CPU worker, no failures to survive, no custom resources: what the warm trainer runs."""
+    return (ray_params.num_workers == 1 and not ray_params.use_gpu and ray_params.max_failures == 0
+            and not ray_params.resources_per_worker)
 
 
 class StopTraining(Exception):
@@ -299,8 +304,7 @@ def warm_up(root: Path) -> str:
     params = project.params.ray
     if ray_session.address_of(params) != ray_session.LOCAL or params.local_idle_s <= 0:
         return "nothing to warm: the project's Ray is not the shared local one"
-    if not (params.num_workers == 1 and not params.use_gpu and params.max_failures == 0
-            and not params.resources_per_worker):
+    if not _one_plain_worker(params):
         return "nothing to warm: the project's trainings run on Ray Train"
     ray_session.connect(params, project.rel(project.params_file))
     ray.get(_actor(code_fingerprint()).info.remote())
