@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 
 CLI = "runyard.cli"
+WARM_UP = "runyard.execution.warm"
+"""The background warm-up's module (``_start_warm_up``), run by name: it sits above this one."""
 WARM_VERBS = {"prepare", "train", "evaluate", "register", "tune", "compare", "summary", "list"}
 IDLE_S = float(os.environ.get("RUNYARD_WARM_CLI_IDLE_S", "600"))
 START_S = 180.0
@@ -178,9 +180,6 @@ def _start_warm_up(root: Path) -> None:
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
     (root / ".runyard" / "warm-up.pid").write_text(str(proc.pid))
-
-
-WARM_UP = "runyard.execution.warm"
 
 
 def stop_warm_up(root: Path) -> None:
