@@ -100,6 +100,24 @@ def kill(proc: subprocess.Popen) -> None:
                f"the processes of session {proc.pid} to end", 30)
 
 
+def kill_local_ray(root: Path) -> None:
+    """SIGKILL the project's warm local Ray (``execution.local_ray``), as a lost machine would.
+
+    It runs in a session of its own, so ``kill`` of a command leaves it up; and a search's
+    trial outlives its killed driver there for a moment, long enough to write one more
+    checkpoint over what a test arranges on disk.
+    """
+    from runyard.execution import local_ray
+
+    state = local_ray.read_state(root / ".runyard")
+    members = local_ray.processes(state) if state else []
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members),
+               f"the local Ray of {root} to end", 30)
+
+
 def _session(pid: int) -> int | None:
     try:
         return os.getsid(pid)

@@ -20,7 +20,7 @@ import yaml
 from ray.tune.experiment.trial import _TrainingRunMetadata
 
 from tests.conftest import runyard_cli
-from tests.services import kill
+from tests.services import kill, kill_local_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -150,6 +150,7 @@ def test_killed_search_resumes_without_rerunning_trials(prepared):
         assert time.monotonic() < deadline, "search made no progress"
         time.sleep(0.1)
     kill(proc)  # the driver, its local Ray and the trials: no clean-up
+    kill_local_ray(prepared)
     for checkpoint in recorded_checkpoints(prepared):
         replace_with_newer(checkpoint)
     (parent,), before = search_runs(prepared)
@@ -168,7 +169,9 @@ def test_killed_search_resumes_without_rerunning_trials(prepared):
         if c.info.run_id in done_before:
             assert c.info.end_time == done_before[c.info.run_id], "a finished trial ran again"
         logged = steps(prepared, c.info.run_id)
-        assert logged == list(range(len(logged)))
+        assert logged == list(range(len(logged))), (
+            f"trial {c.data.tags.get('runyard.trial_id')} (finished before the kill: "
+            f"{c.info.run_id in done_before}) logged epochs {logged}")
 
 
 def test_resume_without_an_interrupted_search_is_an_error(prepared):
