@@ -3,7 +3,8 @@
 A killed search resumes without running a finished trial again. The shape of a
 finished search (one parent, one ended child per trial, each epoch once even with
 concurrent trials) is checked by ``assert_nested_search``, which the DVC pipeline
-test applies to its ``tune@`` stage.
+test applies to its ``tune@`` stage. Data-parallel trials (a Ray Train run each) keep
+that shape and checkpoint only where their scheduler may stop them.
 """
 
 from __future__ import annotations
@@ -172,6 +173,25 @@ def test_killed_search_resumes_without_rerunning_trials(prepared):
         assert logged == list(range(len(logged))), (
             f"trial {c.data.tags.get('runyard.trial_id')} (finished before the kill: "
             f"{c.info.run_id in done_before}) logged epochs {logged}")
+
+
+def test_data_parallel_trials_log_each_epoch_once_and_checkpoint_only_at_the_rungs(prepared):
+    """Trials of 2 workers each: a Ray Train run inside each trial, whose rank 0 reports to Tune."""
+    write_search(prepared, num_samples=2, epochs=4, grace_period=2)
+    pipe = prepared / "pipelines" / f"{NAME}.yaml"
+    spec = yaml.safe_load(pipe.read_text())
+    spec["search"].update(workers_per_trial=2, cpus_per_worker=1, max_concurrent=1)
+    pipe.write_text(yaml.safe_dump(spec))
+    result = runyard_cli("tune", NAME, cwd=prepared, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert_nested_search(prepared, NAME, num_samples=2, epochs=4)
+    # ASHA's rungs at epochs 2 and 4 (the last): two checkpoints per trial, not one per epoch.
+    reports = sorted((prepared / ".runyard" / "ray").glob(f"{NAME}-search-*/run_trial_*/result.json"))
+    assert len(reports) == 2, reports
+    for trial in reports:
+        results = [json.loads(line) for line in trial.read_text().splitlines()]
+        assert [r["epoch"] for r in results] == [0, 1, 2, 3]
+        assert [r["epoch"] for r in results if "checkpoint_path" in r] == [1, 3], trial.parent.name
 
 
 def test_resume_without_an_interrupted_search_is_an_error(prepared):

@@ -74,7 +74,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         )
 
     if cfg.get("report_epochs"):  # a trial of a search: the Tune driver logs to MLflow
-        callbacks: list[pl.Callback] = [ReportEpochs(ray.train.report, ray.train.Checkpoint)]
+        callbacks: list[pl.Callback] = [ReportEpochs(ray.train.report, ray.train.Checkpoint, cfg.get("checkpoint_at"))]
     else:
         epoch_logger = MlflowEpochLogger(
             cfg["tracking_uri"], cfg["run_id"], cfg["flush_every_s"], cfg["retry_s"]

@@ -26,7 +26,7 @@ def max_epochs(exp: Experiment) -> int:
 
 
 def checkpointed_reports(exp: Experiment, every: int = 0) -> list[int] | None:
-    """The reports (epochs, from 1) with which a one-worker trial saves a checkpoint, its
+    """The reports (epochs, from 1) with which a trial saves a checkpoint, its
     last among them; None: every report.
 
     A checkpoint is what the best trial's weights are read from and what a resumed or

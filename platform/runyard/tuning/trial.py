@@ -30,7 +30,7 @@ def run_trial(
     checkpoint_at: list[int] | None = None,
 ) -> None:
     """Ray Tune's function trainable; ``config`` holds this trial's sampled values.
-    ``checkpoint_at``: the reports a one-worker trial checkpoints (``results.checkpointed_reports``)."""
+    ``checkpoint_at``: the reports a trial checkpoints (``results.checkpointed_reports``)."""
     from runyard.execution.lightning import quiet_lightning
 
     quiet_lightning()
@@ -39,7 +39,7 @@ def run_trial(
     if exp.cv:
         _cross_validated(trial, exp.search, info, splits, seed)
     elif exp.search.workers_per_trial > 1:
-        _data_parallel(trial, exp.search, info, splits, seed, storage_path)
+        _data_parallel(trial, exp.search, info, splits, seed, storage_path, checkpoint_at)
     else:
         _in_process(trial, exp.search, info, splits, seed, checkpoint_at)
 
@@ -66,13 +66,14 @@ def _cross_validated(exp: Experiment, search: Search, info: DatasetInfo, splits,
                      f"fold/{metric}": result[metric], "epoch": i})
 
 
-def _data_parallel(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int, storage_path: str) -> None:
+def _data_parallel(exp: Experiment, search: Search, info: DatasetInfo, splits, seed: int, storage_path: str,
+                   checkpoint_at: list[int] | None) -> None:
     ray_params = RayParams(num_workers=search.workers_per_trial, cpus_per_worker=search.cpus_per_worker)
     # Named after the trial: a resumed search restarts this Train run from its checkpoint.
     trainer = torch_trainer(
         exp, info, ray.put(splits), ray_params, seed=seed,
         name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage_path,
-        callbacks=(TuneReportCallback(),), report_epochs=True,
+        callbacks=(TuneReportCallback(),), report_epochs=True, checkpoint_at=checkpoint_at,
     )
     result = trainer.fit()
     if result.error is not None:
