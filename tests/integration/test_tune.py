@@ -4,7 +4,8 @@ A killed search resumes without running a finished trial again. The shape of a
 finished search (one parent, one ended child per trial, each epoch once even with
 concurrent trials) is checked by ``assert_nested_search``, which the DVC pipeline
 test applies to its ``tune@`` stage. Data-parallel trials (a Ray Train run each) keep
-that shape and checkpoint only where their scheduler may stop them.
+that shape and checkpoint only where their scheduler may stop them, and so does a
+search over a user's own LightningModule.
 """
 
 from __future__ import annotations
@@ -192,6 +193,42 @@ def test_data_parallel_trials_log_each_epoch_once_and_checkpoint_only_at_the_run
         results = [json.loads(line) for line in trial.read_text().splitlines()]
         assert [r["epoch"] for r in results] == [0, 1, 2, 3]
         assert [r["epoch"] for r in results if "checkpoint_path" in r] == [1, 3], trial.parent.name
+
+
+def test_a_search_over_a_users_lightning_module(project_dir):
+    """The guide's ``WineLit`` (labnets/ beside pipelines/) on the user's wine CSV, its own
+    ``hidden`` and ``lr`` searched: trials log what the module logs, the best is registered."""
+    from tests.integration.test_own_data import WINE_FILES, allow_raw_data, dvc, write_wine
+    from tests.integration.test_own_model_cluster import LIT
+
+    root = project_dir
+    (root / "labnets").mkdir()
+    (root / "labnets" / "__init__.py").write_text("")
+    (root / "labnets" / "lit.py").write_text(LIT)
+    allow_raw_data(root)
+    write_wine(root)
+    dvc("add", "data/raw/wine.csv", cwd=root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["files"] = WINE_FILES
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "pipelines" / "wine_lit_search.yaml").write_text(yaml.safe_dump({
+        "dataset": "wine",
+        "model": {"name": "labnets.lit:WineLit", "hidden": 16, "lr": 0.01},
+        "recipe": {"batch_size": 32, "epochs": 4},
+        "optimized_metric": "val/acc",
+        "search": {"algorithm": "tpe", "scheduler": "asha", "num_samples": 3, "max_concurrent": 2,
+                   "grace_period": 2, "reduction_factor": 2,
+                   "space": {"model.lr": {"loguniform": [0.003, 0.05]}, "model.hidden": {"choice": [8, 32]}}},
+    }))
+    prepared = runyard_cli("prepare", "wine", cwd=root, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    result = runyard_cli("tune", "wine_lit_search", cwd=root, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert_nested_search(root, "wine_lit_search", num_samples=3, epochs=4)
+    (parent,), children = search_runs(root, "wine_lit_search")
+    for c in children:  # what WineLit logs, under the names it chose
+        assert steps(root, c.info.run_id, "train/loss") == steps(root, c.info.run_id)
+    assert float(parent.data.params["best.model.lr"]) in {float(c.data.params["model.lr"]) for c in children}
 
 
 def test_resume_without_an_interrupted_search_is_an_error(prepared):
