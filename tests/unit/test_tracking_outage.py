@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -26,6 +28,26 @@ def test_a_refused_connection_is_transient_and_retried_until_the_deadline():
         retry_until(call, start + 2.0, "closing the run")
     assert 1.5 < time.monotonic() - start < 5, "gives up at the deadline, not before, not much after"
     assert len(calls) >= 4  # quick attempts, no MLflow-side backoff
+
+
+def test_an_answer_cut_off_by_a_dying_server_is_transient():
+    """A server killed mid-answer: the body ends before its Content-Length (IncompleteRead)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_truncated():
+            for _ in range(2):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 100\r\n\r\n{")
+
+        threading.Thread(target=answer_truncated, daemon=True).start()
+        client = MlflowClient(f"http://127.0.0.1:{server.getsockname()[1]}")
+        with pytest.raises(Exception) as cut:
+            client.get_run("0" * 32)
+        assert "IncompleteRead" in str(cut.value)
+        assert is_transient(cut.value)
+        assert try_once(lambda: client.get_run("0" * 32)) == (False, None)
 
 
 def test_other_errors_are_not_retried():

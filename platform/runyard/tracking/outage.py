@@ -52,16 +52,20 @@ class TrackingUnavailable(RunyardError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A refused or timed-out connection, or a server saying "try again later".
+    """A refused, broken or timed-out connection, or a server saying "try again later".
 
-    MLflow wraps the requests error in an MlflowException without ``from``, so the
-    cause is found in the exception's context chain.
+    Broken: a server killed while it answered leaves a truncated body (requests'
+    ChunkedEncodingError, "Connection broken: IncompleteRead"). MLflow wraps the requests
+    error in an MlflowException without ``from``, so the cause is found in the
+    exception's context chain.
     """
     import requests
 
+    transient = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                 requests.exceptions.ChunkedEncodingError)
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError):
+        if isinstance(seen, transient):
             return True
         status = getattr(seen, "get_http_status_code", None)
         if callable(status) and status() in TRANSIENT_STATUS:
