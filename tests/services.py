@@ -3,9 +3,11 @@
 - ``postgres()``: a PostgreSQL server (Debian's package) in a temporary data directory;
 - ``s3()``: an S3-compatible store (moto's server mode);
 - ``mlflow_server(backend_uri, artifacts, auth=True)``: `mlflow server`, optionally with
-  basic auth (`--app-name basic-auth`) and proxied artifacts (`--artifacts-destination`).
+  basic auth (`--app-name basic-auth`) and proxied artifacts (`--artifacts-destination`);
+- ``RestartableMlflow``: `mlflow server` on a sqlite store, killed and started again on the
+  same store and port (the tracking outage tests).
 
-Each is a context manager: it starts the service, polls it until it answers (with a
+The first three are context managers: each starts its service, polls it until it answers (with a
 deadline, never a bare sleep), yields a small handle and stops exactly the processes
 it started. The session-scoped fixtures at the bottom wrap them. A missing binary
 skips the test, and under CI=true fails it.
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -361,6 +364,45 @@ def wait_mlflow(url: str, proc: subprocess.Popen | None = None, log: Path | None
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+class RestartableMlflow:
+    """`mlflow server` on one sqlite store (+ artifacts) and one port, SIGKILLed and started
+    again on the same store and port: a tracking server outage, for the chaos tests."""
+
+    def __init__(self, tmp: Path, start_timeout_s: float = 300.0):
+        self.db, self.port = tmp / "mlflow.db", free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp, self.proc, self.start_timeout_s = tmp, None, start_timeout_s
+
+    def start(self) -> None:
+        # Generous by default: on a loaded 2-core machine `mlflow server` can take minutes to start.
+        log = self.tmp / "server.log"
+        self.proc = start_mlflow(self.port, f"sqlite:///{self.db}", str(self.tmp / "artifacts"), log)
+        wait_mlflow(self.url, self.proc, log, timeout_s=self.start_timeout_s)
+
+    def ensure_up(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+    def kill(self) -> float:
+        """SIGKILL the server's whole session; the moment it died."""
+        kill(self.proc)
+        wait_port_free(self.port)
+        return time.monotonic()
+
+    def rows(self, sql: str) -> list[tuple]:
+        """Read the store's file directly: works while the server is down."""
+        try:
+            with sqlite3.connect(self.db) as con:
+                return con.execute(sql).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+            return []
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.url, registry_uri=self.url)
 
 
 @pytest.fixture(scope="session")

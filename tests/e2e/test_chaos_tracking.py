@@ -12,7 +12,6 @@ the stage's own files, never by sleeping.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,29 +38,7 @@ TRIALS = 2
 KEYS = ("train/loss", "train/mse", "train/lr", "val/loss", "val/mse")
 
 
-class Server:
-    """One store (sqlite file + artifacts) served on one port, killed and started again."""
-
-    def __init__(self, tmp: Path):
-        self.db, self.port = tmp / "mlflow.db", services.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp, self.proc = tmp, None
-
-    def start(self) -> None:
-        log = self.tmp / "server.log"
-        self.proc = services.start_mlflow(self.port, f"sqlite:///{self.db}", str(self.tmp / "artifacts"), log)
-        services.wait_mlflow(self.url, self.proc, log, timeout_s=300)
-
-    def ensure_up(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
-
-    def kill(self) -> float:
-        """SIGKILL the server's whole session; the moment it died."""
-        services.kill(self.proc)
-        services.wait_port_free(self.port)
-        return time.monotonic()
-
+class Server(services.RestartableMlflow):
     def outage(self, stage: subprocess.Popen | None = None) -> None:
         """Kill now, stay down ``OUTAGE_S``, start again. The stage must still be alive
         when the server is back (it waits; it does not fail at the first refusal)."""
@@ -71,19 +48,6 @@ class Server:
             assert stage is None or stage.poll() is None, f"the stage died during the outage:\n{tail(stage)}"
             time.sleep(0.5)
         self.start()
-
-    def rows(self, sql: str) -> list[tuple]:
-        """Read the store's file directly: works while the server is down."""
-        try:
-            with sqlite3.connect(self.db) as con:
-                return con.execute(sql).fetchall()
-        except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
-            return []
-
-    def client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.url, registry_uri=self.url)
 
 
 def tail(proc: subprocess.Popen) -> str:

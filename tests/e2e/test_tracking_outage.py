@@ -8,7 +8,6 @@ training fails in one line instead, and never hangs.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,36 +29,14 @@ OUTAGE_S = 30
 KEYS = ("train/loss", "train/mse", "train/lr", "val/loss", "val/mse")
 
 
-class Server:
-    """One store (sqlite file + artifacts) served on one port, stopped and started again."""
-
-    def __init__(self, tmp: Path):
-        self.db, self.port = tmp / "mlflow.db", services.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp, self.proc = tmp, None
-
-    def start(self) -> None:
-        log = self.tmp / "server.log"
-        self.proc = services.start_mlflow(self.port, f"sqlite:///{self.db}", str(self.tmp / "artifacts"), log)
-        # Generous: on a loaded 2-core machine `mlflow server` can take minutes to start.
-        services.wait_mlflow(self.url, self.proc, log, timeout_s=180)
-
-    def kill(self) -> None:
-        services.kill(self.proc)
-        services.wait_port_free(self.port)
-
-    def epochs_logged(self) -> list[int]:
-        """Steps of train/loss, read from the store's file: works while the server is down."""
-        try:
-            with sqlite3.connect(self.db) as con:
-                return [r[0] for r in con.execute("select step from metrics where key = 'train/loss'")]
-        except sqlite3.OperationalError:  # tables not created yet
-            return []
+def epochs_logged(server: services.RestartableMlflow) -> list[int]:
+    """Steps of train/loss, read from the store's file: works while the server is down."""
+    return [step for (step,) in server.rows("select step from metrics where key = 'train/loss'")]
 
 
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path)
+    s = services.RestartableMlflow(tmp_path)
     s.start()
     yield s
     services.stop(s.proc)
@@ -75,7 +52,7 @@ def configure(root: Path, retry_s: float) -> None:
     pipe.write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def start_training(root: Path, server: Server) -> subprocess.Popen:
+def start_training(root: Path, server: services.RestartableMlflow) -> subprocess.Popen:
     import os
 
     return subprocess.Popen(
@@ -85,15 +62,15 @@ def start_training(root: Path, server: Server) -> subprocess.Popen:
     )
 
 
-def wait_first_epochs(server: Server, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_first_epochs(server: services.RestartableMlflow, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while not server.epochs_logged():
+    while not epochs_logged(server):
         assert proc.poll() is None, f"training ended early:\n{proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, "no epoch logged"
         time.sleep(0.2)
 
 
-def the_run(server: Server):
+def the_run(server: services.RestartableMlflow):
     from mlflow import MlflowClient
 
     client = MlflowClient(server.url)
@@ -107,7 +84,7 @@ def test_training_rides_out_a_30s_outage(prepared, server):
     configure(prepared, retry_s=600)
     proc = start_training(prepared, server)
     wait_first_epochs(server, proc)
-    first = max(server.epochs_logged())
+    first = max(epochs_logged(server))
     down = time.time()
     server.kill()
     time.sleep(OUTAGE_S)  # the outage itself: nothing to poll for
