@@ -90,15 +90,20 @@ def sh(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subpr
     return done
 
 
-def make_project(root: Path, remote: Path) -> None:
-    """The guide's steps: the CSV under DVC, its files: entry, the model in labnets/, a DVC
-    remote, 2 Ray Train workers on 2 nodes; committed."""
+def add_wine_and_labnets(root: Path) -> None:
+    """The guide's first steps: the wine CSV under DVC and the model in labnets/."""
     (root / "labnets").mkdir()
     (root / "labnets" / "__init__.py").write_text("")
     (root / "labnets" / "lit.py").write_text(LIT)
     allow_raw_data(root)
     write_wine(root)
     dvc("add", "data/raw/wine.csv", cwd=root)
+
+
+def make_project(root: Path, remote: Path) -> None:
+    """The guide's steps: the CSV under DVC, its files: entry, the model in labnets/, a DVC
+    remote, 2 Ray Train workers on 2 nodes; committed."""
+    add_wine_and_labnets(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update(files=WINE_FILES, datasets={}, experiments={NAME: "wine"}, searches={})
     params["ray"].update(num_workers=2, cpus_per_worker=1, placement_strategy="STRICT_SPREAD")

@@ -198,16 +198,11 @@ def test_data_parallel_trials_log_each_epoch_once_and_checkpoint_only_at_the_run
 def test_a_search_over_a_users_lightning_module(project_dir):
     """The guide's ``WineLit`` (labnets/ beside pipelines/) on the user's wine CSV, its own
     ``hidden`` and ``lr`` searched: trials log what the module logs, the best is registered."""
-    from tests.integration.test_own_data import WINE_FILES, allow_raw_data, dvc, write_wine
-    from tests.integration.test_own_model_cluster import LIT
+    from tests.integration.test_own_data import WINE_FILES
+    from tests.integration.test_own_model_cluster import add_wine_and_labnets
 
     root = project_dir
-    (root / "labnets").mkdir()
-    (root / "labnets" / "__init__.py").write_text("")
-    (root / "labnets" / "lit.py").write_text(LIT)
-    allow_raw_data(root)
-    write_wine(root)
-    dvc("add", "data/raw/wine.csv", cwd=root)
+    add_wine_and_labnets(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["files"] = WINE_FILES
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
