@@ -186,13 +186,16 @@ def test_data_parallel_trials_log_each_epoch_once_and_checkpoint_only_at_the_run
     result = runyard_cli("tune", NAME, cwd=prepared, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert_nested_search(prepared, NAME, num_samples=2, epochs=4)
-    # ASHA's rungs at epochs 2 and 4 (the last): two checkpoints per trial, not one per epoch.
+    # A checkpoint at ASHA's rungs only, epochs 2 and 4 (the last), not one per epoch. A trial
+    # ASHA stopped at the first rung reported 2 epochs.
     reports = sorted((prepared / ".runyard" / "ray").glob(f"{NAME}-search-*/run_trial_*/result.json"))
     assert len(reports) == 2, reports
     for trial in reports:
         results = [json.loads(line) for line in trial.read_text().splitlines()]
-        assert [r["epoch"] for r in results] == [0, 1, 2, 3]
-        assert [r["epoch"] for r in results if "checkpoint_path" in r] == [1, 3], trial.parent.name
+        epochs = [r["epoch"] for r in results]
+        checkpointed = [r["epoch"] for r in results if "checkpoint_path" in r]
+        assert epochs in ([0, 1], [0, 1, 2, 3]), trial.parent.name
+        assert checkpointed == [e for e in (1, 3) if e in epochs], (trial.parent.name, checkpointed)
 
 
 def test_a_search_over_a_users_lightning_module(project_dir):
