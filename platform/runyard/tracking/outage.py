@@ -120,6 +120,24 @@ def try_once(fn: Callable[[], T], timeout_s: float = ATTEMPT_TIMEOUT_S) -> tuple
         raise
 
 
+def once(create: Callable[[], T], find: Callable[[], T | None]) -> Callable[[], T]:
+    """``create`` for ``retry_until`` without creating twice.
+
+    A request cut off after the server committed it (the server died before it answered)
+    fails like one that never arrived. So from the second attempt on, ``find()`` first
+    looks for what an earlier attempt may have created, and returns it if there is one.
+    """
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        found = find() if attempts > 1 else None
+        return create() if found is None else found
+
+    return attempt
+
+
 def retry_until(fn: Callable[[], T], deadline: float, what: str, timeout_s: float = ATTEMPT_TIMEOUT_S) -> T:
     """Call ``fn`` until it gets through or ``time.monotonic()`` passes ``deadline``.
 

@@ -14,8 +14,10 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import mlflow
@@ -23,7 +25,10 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from runyard.tracking.outage import TrackingUnavailable, quick_requests, retry_until
+from runyard.tracking.outage import TrackingUnavailable, once, quick_requests, retry_until
+
+RUN_TOKEN_TAG = "runyard.run_token"
+"""A run's creation token: the run a cut-off creation stored is found by it, not made twice."""
 
 
 def use_tracking(uri: str) -> MlflowClient:
@@ -130,14 +135,17 @@ def tracked_run(
         # A signal between the run's creation and this function knowing its id would leave
         # it RUNNING, or worse: MLflow's exit hook ends an active run FINISHED. So Ctrl-C and
         # SIGTERM wait until the id is known, then arrive as usual.
-        # Both calls ride out a tracking server outage (a refused request created nothing).
+        # Both calls ride out a tracking server outage; a run whose creation was cut off after
+        # the server stored it is found by its token, not created twice (``outage.once``).
         with signals_deferred():
             if resume_run_id:
                 run = _retry(lambda: mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics),
                              retry_s, f"reopening run {resume_run_id}")
             else:
-                run = _retry(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                                                      log_system_metrics=system_metrics),
+                token = uuid.uuid4().hex
+                create = partial(mlflow.start_run, experiment_id=experiment_id, run_name=run_name,
+                                 tags={**tags, RUN_TOKEN_TAG: token}, log_system_metrics=system_metrics)
+                run = _retry(once(create, partial(_created, experiment_id, token, system_metrics)),
                              retry_s, "starting the run")
             run_id = run.info.run_id
         if not resume_run_id:
@@ -150,6 +158,12 @@ def tracked_run(
         raise
     else:
         _end(run_id, "FINISHED", retry_s)
+
+
+def _created(experiment_id: str, token: str, system_metrics: bool | None):
+    """The run an earlier attempt created (tagged ``token``), reopened; else None."""
+    runs = MlflowClient().search_runs([experiment_id], f"tags.{RUN_TOKEN_TAG} = '{token}'", max_results=1)
+    return mlflow.start_run(run_id=runs[0].info.run_id, log_system_metrics=system_metrics) if runs else None
 
 
 def _retry(fn, retry_s: float, what: str):
