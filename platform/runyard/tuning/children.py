@@ -17,12 +17,15 @@ its timestamp across retries, so one whose first answer was lost is stored once.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from ray.tune import Callback
 
+from runyard.tracking.client import RetryingClient
+from runyard.tracking.outage import once
 from runyard.tracking.runs import flatten
 
 TRIAL_TAG = "runyard.trial_id"
@@ -67,11 +70,7 @@ class ChildRuns(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self.parent, TRIAL_TAG: trial.trial_id},
-            )
-            run_id = self.runs[trial.trial_id] = run.info.run_id
+            run_id = self.runs[trial.trial_id] = self._create(trial.trial_id).info.run_id
             self.client.log_batch(run_id, params=_params(trial.config))
         elif trial.trial_id in self.ended:
             # Killed after the child ended but before Tune saved that: the trial restarts from
@@ -81,6 +80,21 @@ class ChildRuns(Callback):
             self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, "train/loss")
             self.logged_through[trial.trial_id] = max((m.step for m in history), default=-1)
+
+    def _create(self, trial_id: str):
+        """The trial's child run, created once: a creation the server stored but never
+        answered is found by its trial tag when retried (``outage.once``)."""
+        raw = self.client.raw if isinstance(self.client, RetryingClient) else self.client
+        create = partial(raw.create_run, self.experiment_id, run_name=f"trial-{trial_id}",
+                         tags={"mlflow.parentRunId": self.parent, TRIAL_TAG: trial_id})
+
+        def find():
+            runs = raw.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent}' "
+                                   f"and tags.{TRIAL_TAG} = '{trial_id}'", max_results=1)
+            return runs[0] if runs else None
+
+        attempt = once(create, find)
+        return self.client.retry(attempt, "create_run") if isinstance(self.client, RetryingClient) else attempt()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Tune marks the result a scheduler stops a trial on as done; a trial that ends by
