@@ -19,7 +19,8 @@ batch whose retries ran out. So runyard does its own, bounded by one setting,
   and child runs, reproduce) goes through ``client.RetryingClient``: each call is
   retried through an outage until ``retry_s`` after it started, then fails in one
   line (``TrackingUnavailable``) naming the server and the setting. Writes are
-  idempotent, so a stage that failed is simply run again once the server is back.
+  idempotent, so a stage that failed is simply run again once the server is back;
+  creating a run is made so by ``once`` (a creation stored but never answered is found).
 - when ``retry_s`` passes, the training fails in one line and the driver marks
   the run FAILED as soon as the server answers, waiting up to ``retry_s`` more;
   if it never does, the error says the run could not be closed.
