@@ -75,6 +75,30 @@ def _isolated_env(monkeypatch):
 
 
 @pytest.fixture
+def cut_off_next_run_creation(monkeypatch):
+    """Call it, and MlflowClient.create_run's next call stores its run, then fails as a server
+    that died before it answered would (a dropped connection). Returns the list that gets
+    that run's id; later calls go through."""
+    import requests
+    from mlflow import MlflowClient
+
+    def arm() -> list[str]:
+        create_run, cut = MlflowClient.create_run, []
+
+        def stored_then_cut_off(self, *args, **kwargs):
+            run = create_run(self, *args, **kwargs)
+            if not cut:
+                cut.append(run.info.run_id)
+                raise requests.ConnectionError("Connection aborted: Remote end closed connection without response")
+            return run
+
+        monkeypatch.setattr(MlflowClient, "create_run", stored_then_cut_off)
+        return cut
+
+    return arm
+
+
+@pytest.fixture
 def project_dir(tmp_path, monkeypatch) -> Path:
     root = copy_project(tmp_path / "project")
     monkeypatch.chdir(root)

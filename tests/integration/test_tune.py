@@ -236,12 +236,12 @@ def test_resume_without_an_interrupted_search_is_an_error(prepared):
     assert "--resume: no interrupted search" in result.stderr
 
 
-def test_a_child_whose_creation_was_cut_off_after_it_was_stored_is_not_created_twice(tmp_path, monkeypatch):
+def test_a_child_whose_creation_was_cut_off_after_it_was_stored_is_not_created_twice(tmp_path,
+                                                                                     cut_off_next_run_creation):
     """The server stored the trial's child run, then died before it answered: the retry
     finds that child by its trial tag rather than making a second one."""
     from types import SimpleNamespace
 
-    import requests
     from mlflow import MlflowClient
 
     from runyard.tracking.client import RetryingClient
@@ -251,16 +251,7 @@ def test_a_child_whose_creation_was_cut_off_after_it_was_stored_is_not_created_t
     c = client_at(uri)
     exp_id = c.create_experiment("s")
     parent = c.create_run(exp_id).info.run_id
-    create_run, cut = MlflowClient.create_run, []
-
-    def stored_then_cut_off(self, *args, **kwargs):
-        run = create_run(self, *args, **kwargs)
-        if not cut:
-            cut.append(run.info.run_id)
-            raise requests.ConnectionError("Connection aborted: Remote end closed connection without response")
-        return run
-
-    monkeypatch.setattr(MlflowClient, "create_run", stored_then_cut_off)
+    cut = cut_off_next_run_creation()
     children = ChildRuns(RetryingClient(MlflowClient(uri), retry_s=30), exp_id, parent, max_epochs=3)
     children.on_trial_start(0, [], SimpleNamespace(trial_id="t1", config={"recipe": {"lr": 0.1}}))
     assert [r.info.run_id for r in children.children()] == cut

@@ -58,25 +58,12 @@ def test_sigterm_while_the_run_is_being_created_ends_it_killed(tmp_path, monkeyp
     assert mlflow.active_run() is None
 
 
-def test_a_run_whose_creation_was_cut_off_after_it_was_stored_is_not_created_twice(tmp_path, monkeypatch):
+def test_a_run_whose_creation_was_cut_off_after_it_was_stored_is_not_created_twice(tmp_path, cut_off_next_run_creation):
     """The server stored the run, then died before it answered: the retry finds that run
     by its token instead of creating a second one that would stay RUNNING."""
-    import requests
-    from mlflow import MlflowClient
-
     client = use_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_id = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
-    create_run = MlflowClient.create_run
-    cut = []
-
-    def stored_then_cut_off(self, *args, **kwargs):
-        run = create_run(self, *args, **kwargs)
-        if not cut:
-            cut.append(run.info.run_id)
-            raise requests.ConnectionError("Connection aborted: Remote end closed connection without response")
-        return run
-
-    monkeypatch.setattr(MlflowClient, "create_run", stored_then_cut_off)
+    cut = cut_off_next_run_creation()
     with tracked_run(exp_id, "r", {"lr": 0.1}, {"k": "v"}, retry_s=30) as run_id:
         pass
     (run,) = client.search_runs([exp_id])
