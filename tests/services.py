@@ -95,12 +95,9 @@ def kill(proc: subprocess.Popen) -> None:
     a trial or training worker that outlived its driver would go on writing checkpoints.
     """
     members = [p for p in psutil.process_iter() if _session(p.pid) == proc.pid]
-    for p in members:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    _kill_all(members)
     proc.wait(30)
-    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members),
-               f"the processes of session {proc.pid} to end", 30)
+    _wait_gone(members, f"the processes of session {proc.pid}")
 
 
 def kill_local_ray(root: Path) -> None:
@@ -114,11 +111,19 @@ def kill_local_ray(root: Path) -> None:
 
     state = local_ray.read_state(root / ".runyard")
     members = local_ray.processes(state) if state else []
-    for p in members:
+    _kill_all(members)
+    _wait_gone(members, f"the local Ray of {root}")
+
+
+def _kill_all(processes: list) -> None:
+    for p in processes:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members),
-               f"the local Ray of {root} to end", 30)
+
+
+def _wait_gone(processes: list, what: str) -> None:
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes),
+               f"{what} to end", 30)
 
 
 def _session(pid: int) -> int | None:

@@ -84,7 +84,8 @@ class ChildRuns(Callback):
     def _create(self, trial_id: str):
         """The trial's child run, created once: a creation the server stored but never
         answered is found by its trial tag when retried (``outage.once``)."""
-        raw = self.client.raw if isinstance(self.client, RetryingClient) else self.client
+        retrying = isinstance(self.client, RetryingClient)
+        raw = self.client.raw if retrying else self.client
         create = partial(raw.create_run, self.experiment_id, run_name=f"trial-{trial_id}",
                          tags={"mlflow.parentRunId": self.parent, TRIAL_TAG: trial_id})
 
@@ -94,7 +95,7 @@ class ChildRuns(Callback):
             return runs[0] if runs else None
 
         attempt = once(create, find)
-        return self.client.retry(attempt, "create_run") if isinstance(self.client, RetryingClient) else attempt()
+        return self.client.retry(attempt, "create_run") if retrying else attempt()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Tune marks the result a scheduler stops a trial on as done; a trial that ends by
